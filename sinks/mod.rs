@@ -1,0 +1,3 @@
+//! Snapshot sinks, one file each. Each registers itself with `inventory::submit!`.
+
+mod stdout;

@@ -1,0 +1,373 @@
+//! `cpu`: online CPU count, busy percent per CPU and overall since the previous snapshot,
+//! time per mode, and frequency.
+
+use serde::Serialize;
+
+use crate::encode::humanize::{one_decimal, ser_one_decimal};
+use crate::encode::Format;
+use crate::hostfs::HostFs;
+use crate::model::Section;
+use crate::plugin::{Source, SourcePlugin};
+
+inventory::submit! {
+    SourcePlugin {
+        name: "cpu",
+        aliases: &[],
+        description: "online CPU count, utilization per CPU and overall, time per mode, frequency",
+        build: |ctx| Ok(Box::new(Cpu::new(ctx.host.clone()))),
+    }
+}
+
+/// Cumulative time per mode from one `cpu` line of `/proc/stat`, in clock ticks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// All modes; guest time is left out because the kernel already counts it in user/nice.
+    fn total(&self) -> u64 {
+        self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
+    }
+
+    /// Per-mode increase since `earlier`; a mode that went backwards (a counter reset)
+    /// contributes nothing rather than a huge value.
+    fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            nice: self.nice.saturating_sub(earlier.nice),
+            system: self.system.saturating_sub(earlier.system),
+            idle: self.idle.saturating_sub(earlier.idle),
+            iowait: self.iowait.saturating_sub(earlier.iowait),
+            irq: self.irq.saturating_sub(earlier.irq),
+            softirq: self.softirq.saturating_sub(earlier.softirq),
+            steal: self.steal.saturating_sub(earlier.steal),
+        }
+    }
+
+    /// Busy percent of this span: everything but idle and iowait. 0 for an empty span.
+    fn busy_percent(&self) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return 0.0;
+        }
+        let busy = total - self.idle - self.iowait;
+        busy as f64 * 100.0 / total as f64
+    }
+}
+
+/// One `/proc/stat` sample: the all-CPU line and the online CPUs by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatSample {
+    pub all: CpuTimes,
+    pub per_cpu: Vec<(u32, CpuTimes)>,
+}
+
+/// Parses the `cpu` lines of `/proc/stat`. Offline CPUs have no line, so ids can have gaps;
+/// missing trailing columns (old kernels) read as 0.
+pub fn parse_stat(text: &str) -> Option<StatSample> {
+    let mut sample = StatSample::default();
+    let mut seen_all = false;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else {
+            if seen_all {
+                break; // the cpu lines come first; skip the long intr/softirq lines
+            }
+            continue;
+        };
+        let (id, values) = rest.split_once(|c: char| c.is_ascii_whitespace())?;
+        let mut fields = values.split_ascii_whitespace();
+        let mut n = [0u64; 8];
+        for slot in &mut n {
+            *slot = match fields.next() {
+                Some(f) => f.parse().ok()?,
+                None => 0,
+            };
+        }
+        let times = CpuTimes {
+            user: n[0],
+            nice: n[1],
+            system: n[2],
+            idle: n[3],
+            iowait: n[4],
+            irq: n[5],
+            softirq: n[6],
+            steal: n[7],
+        };
+        if id.is_empty() {
+            sample.all = times;
+            seen_all = true;
+        } else {
+            sample.per_cpu.push((id.parse().ok()?, times));
+        }
+    }
+    (seen_all && !sample.per_cpu.is_empty()).then_some(sample)
+}
+
+/// Busy percent per online CPU (in `now`'s order) over the span since `before`. A CPU absent
+/// from `before` (it just came online) reports 0.0 for this span.
+pub fn utilization(before: &StatSample, now: &StatSample) -> Vec<f64> {
+    now.per_cpu
+        .iter()
+        .map(|(id, times)| {
+            before
+                .per_cpu
+                .iter()
+                .find(|(b, _)| b == id)
+                .map_or(0.0, |(_, earlier)| times.since(earlier).busy_percent())
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Frequency {
+    #[serde(rename = "current")]
+    pub current_mhz: f64,
+    #[serde(rename = "max")]
+    pub max_mhz: f64,
+    #[serde(rename = "min")]
+    pub min_mhz: f64,
+}
+
+/// Mean over `cpus` of a cpufreq file (kHz), in MHz; `None` where no CPU has it.
+fn cpufreq_mean_mhz(host: &HostFs, cpus: &[u32], file: &str) -> Option<f64> {
+    let values: Vec<f64> = cpus
+        .iter()
+        .filter_map(|id| {
+            host.read_trimmed(format!("/sys/devices/system/cpu/cpu{id}/cpufreq/{file}"))?
+                .parse::<f64>()
+                .ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64 / 1000.0)
+}
+
+/// Frequency of the online CPUs: means over cpufreq's per-CPU files; where the host has no
+/// cpufreq, `current` comes from `cpu MHz` in `/proc/cpuinfo` and max/min are 0.
+pub fn frequency(host: &HostFs, cpus: &[u32]) -> Frequency {
+    let current = cpufreq_mean_mhz(host, cpus, "scaling_cur_freq")
+        .or_else(|| cpufreq_mean_mhz(host, cpus, "cpuinfo_cur_freq"))
+        .or_else(|| cpuinfo_mhz(&host.read_trimmed("/proc/cpuinfo")?));
+    Frequency {
+        current_mhz: current.unwrap_or(0.0),
+        max_mhz: cpufreq_mean_mhz(host, cpus, "scaling_max_freq").unwrap_or(0.0),
+        min_mhz: cpufreq_mean_mhz(host, cpus, "scaling_min_freq").unwrap_or(0.0),
+    }
+}
+
+/// Mean of the `cpu MHz` lines of `/proc/cpuinfo` (absent on many ARM hosts).
+fn cpuinfo_mhz(text: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("cpu MHz"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// USER_HZ: the unit of `/proc/stat` times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+pub struct Cpu {
+    host: HostFs,
+    buf: String,
+    previous: StatSample,
+    ticks_per_second: f64,
+}
+
+impl Cpu {
+    /// Takes the baseline sample that the first snapshot's utilization is measured from.
+    /// Without one (unreadable `/proc/stat`) the first utilization reads 0.0.
+    pub fn new(host: HostFs) -> Self {
+        let mut cpu = Cpu {
+            host,
+            buf: String::new(),
+            previous: StatSample::default(),
+            ticks_per_second: ticks_per_second(),
+        };
+        cpu.previous = cpu.sample().unwrap_or_default();
+        cpu
+    }
+
+    fn sample(&mut self) -> anyhow::Result<StatSample> {
+        self.host.read_into("/proc/stat", &mut self.buf)?;
+        parse_stat(&self.buf).ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu lines"))
+    }
+}
+
+impl Source for Cpu {
+    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        let now = self.sample()?;
+        let per_cpu: Vec<f64> = utilization(&self.previous, &now)
+            .into_iter()
+            .map(one_decimal)
+            .collect();
+        let overall = if per_cpu.is_empty() {
+            0.0
+        } else {
+            per_cpu.iter().sum::<f64>() / per_cpu.len() as f64
+        };
+        let ids: Vec<u32> = now.per_cpu.iter().map(|(id, _)| *id).collect();
+        let span = now.all.since(&self.previous.all);
+        let section = CpuSection {
+            count: ids.len(),
+            overall_percent: overall,
+            per_cpu_percent: per_cpu,
+            frequency: frequency(&self.host, &ids),
+            ids,
+            seconds: now.all,
+            span,
+            hz: self.ticks_per_second,
+        };
+        self.previous = now;
+        Ok(Box::new(section))
+    }
+}
+
+/// The `cpu` section: numbers only; the views below shape them per format.
+pub struct CpuSection {
+    count: usize,
+    overall_percent: f64,
+    per_cpu_percent: Vec<f64>,
+    frequency: Frequency,
+    ids: Vec<u32>,
+    /// Cumulative ticks per mode, all CPUs.
+    seconds: CpuTimes,
+    /// Ticks per mode since the previous snapshot, all CPUs.
+    span: CpuTimes,
+    hz: f64,
+}
+
+impl Section for CpuSection {
+    fn view(&self, format: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        match format {
+            Format::Seed => Box::new(SeedCpu {
+                count: self.count,
+                utilization: SeedUtilization {
+                    overall: self.overall_percent,
+                    per_cpu: &self.per_cpu_percent,
+                },
+                frequency: SeedFrequency(self.frequency),
+            }),
+            Format::Raw => Box::new(RawCpu {
+                count: self.count,
+                utilization_percent: one_decimal(self.overall_percent),
+                per_cpu: self
+                    .ids
+                    .iter()
+                    .zip(&self.per_cpu_percent)
+                    .map(|(&id, &utilization_percent)| RawPerCpu {
+                        id,
+                        utilization_percent,
+                    })
+                    .collect(),
+                frequency_current_mhz: self.frequency.current_mhz,
+                frequency_max_mhz: self.frequency.max_mhz,
+                frequency_min_mhz: self.frequency.min_mhz,
+                seconds_total: ModeValues::scaled(&self.seconds, 1.0 / self.hz),
+                mode_percent: ModeValues::scaled(
+                    &self.span,
+                    match self.span.total() {
+                        0 => 0.0,
+                        total => 100.0 / total as f64,
+                    },
+                ),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SeedCpu<'a> {
+    count: usize,
+    utilization: SeedUtilization<'a>,
+    frequency: SeedFrequency,
+}
+
+#[derive(Serialize)]
+struct SeedUtilization<'a> {
+    #[serde(serialize_with = "ser_one_decimal")]
+    overall: f64,
+    per_cpu: &'a [f64],
+}
+
+struct SeedFrequency(Frequency);
+
+impl Serialize for SeedFrequency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Frequency {
+            current_mhz: one_decimal(self.0.current_mhz),
+            ..self.0
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Serialize)]
+struct RawCpu {
+    count: usize,
+    utilization_percent: f64,
+    per_cpu: Vec<RawPerCpu>,
+    frequency_current_mhz: f64,
+    frequency_max_mhz: f64,
+    frequency_min_mhz: f64,
+    seconds_total: ModeValues,
+    mode_percent: ModeValues,
+}
+
+#[derive(Serialize)]
+struct RawPerCpu {
+    id: u32,
+    utilization_percent: f64,
+}
+
+/// One value per CPU mode.
+#[derive(Serialize)]
+struct ModeValues {
+    user: f64,
+    nice: f64,
+    system: f64,
+    idle: f64,
+    iowait: f64,
+    irq: f64,
+    softirq: f64,
+    steal: f64,
+}
+
+impl ModeValues {
+    fn scaled(t: &CpuTimes, factor: f64) -> Self {
+        let f = |ticks: u64| ticks as f64 * factor;
+        ModeValues {
+            user: f(t.user),
+            nice: f(t.nice),
+            system: f(t.system),
+            idle: f(t.idle),
+            iowait: f(t.iowait),
+            irq: f(t.irq),
+            softirq: f(t.softirq),
+            steal: f(t.steal),
+        }
+    }
+}

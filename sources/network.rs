@@ -1,0 +1,266 @@
+//! `network` (alias `net`): traffic totals over all interfaces, per-interface counters and
+//! rates, and IPv4 addresses.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::encode::humanize::ser_bytes;
+use crate::encode::Format;
+use crate::hostfs::HostFs;
+use crate::model::Section;
+use crate::plugin::{Source, SourcePlugin};
+
+inventory::submit! {
+    SourcePlugin {
+        name: "network",
+        aliases: &["net"],
+        description: "traffic totals, per-interface counters and rates, IPv4 addresses",
+        build: |ctx| Ok(Box::new(Network::new(ctx.host.clone()))),
+    }
+}
+
+/// One interface's counters from `/proc/net/dev`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IfCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+impl IfCounters {
+    /// Increase since `earlier`, Prometheus-style: a counter that went backwards was reset
+    /// and restarted from zero, so its increase is its current value.
+    fn since(&self, earlier: &IfCounters) -> IfCounters {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        IfCounters {
+            rx_bytes: d(self.rx_bytes, earlier.rx_bytes),
+            rx_packets: d(self.rx_packets, earlier.rx_packets),
+            rx_errors: d(self.rx_errors, earlier.rx_errors),
+            rx_dropped: d(self.rx_dropped, earlier.rx_dropped),
+            tx_bytes: d(self.tx_bytes, earlier.tx_bytes),
+            tx_packets: d(self.tx_packets, earlier.tx_packets),
+            tx_errors: d(self.tx_errors, earlier.tx_errors),
+            tx_dropped: d(self.tx_dropped, earlier.tx_dropped),
+        }
+    }
+}
+
+/// Parses `/proc/net/dev`. The kernel prints `%6s:%8llu`, so a long counter touches the
+/// colon (`eth0:68210035552`) and a name may itself hold colons (`ibr10:30`): the name is
+/// everything before the last colon.
+pub fn parse_net_dev(text: &str) -> Vec<(String, IfCounters)> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, numbers) = line.rsplit_once(':')?;
+            let mut n = [0u64; 16];
+            let mut fields = numbers.split_ascii_whitespace();
+            for slot in &mut n {
+                *slot = fields.next()?.parse().ok()?;
+            }
+            let counters = IfCounters {
+                rx_bytes: n[0],
+                rx_packets: n[1],
+                rx_errors: n[2],
+                rx_dropped: n[3],
+                tx_bytes: n[8],
+                tx_packets: n[9],
+                tx_errors: n[10],
+                tx_dropped: n[11],
+            };
+            Some((name.trim().to_string(), counters))
+        })
+        .collect()
+}
+
+/// IPv4 addresses by interface label (`eth0:1` aliases are their own entries), in the
+/// kernel's interface order; interfaces without IPv4 are left out.
+fn ipv4_addresses() -> anyhow::Result<Vec<(String, Vec<Ipv4Addr>)>> {
+    let mut out: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(ip) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip())
+        else {
+            continue;
+        };
+        match out.iter_mut().find(|(name, _)| *name == ifa.interface_name) {
+            Some((_, ips)) => ips.push(ip),
+            None => out.push((ifa.interface_name, vec![ip])),
+        }
+    }
+    Ok(out)
+}
+
+struct Network {
+    host: HostFs,
+    buf: String,
+    previous: Option<(Instant, HashMap<String, IfCounters>)>,
+    /// Totals over all interfaces that only ever grow within a run: they add each
+    /// interface's increase, so an interface that disappears takes nothing away.
+    sent_total: u64,
+    recv_total: u64,
+}
+
+impl Network {
+    fn new(host: HostFs) -> Self {
+        Network {
+            host,
+            buf: String::new(),
+            previous: None,
+            sent_total: 0,
+            recv_total: 0,
+        }
+    }
+}
+
+impl Source for Network {
+    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        self.host.read_into("/proc/net/dev", &mut self.buf)?;
+        let now = Instant::now();
+        let counters = parse_net_dev(&self.buf);
+        let mut interfaces = Vec::with_capacity(counters.len());
+        for (name, c) in &counters {
+            let earlier = self.previous.as_ref().map(|(_, prev)| prev.get(name));
+            let increase = match earlier {
+                Some(Some(e)) => c.since(e),
+                // New since the last sample, or the first sample: all of it counts.
+                _ => *c,
+            };
+            self.sent_total = self.sent_total.saturating_add(increase.tx_bytes);
+            self.recv_total = self.recv_total.saturating_add(increase.rx_bytes);
+            let rates = self.previous.as_ref().map(|(then, _)| {
+                let secs = now.duration_since(*then).as_secs_f64().max(1e-9);
+                Rates::per_second(&increase, secs)
+            });
+            interfaces.push((name.clone(), *c, rates));
+        }
+        self.previous = Some((now, counters.into_iter().collect()));
+        Ok(Box::new(NetworkSection {
+            sent_bytes: self.sent_total,
+            recv_bytes: self.recv_total,
+            interfaces,
+            addresses: ipv4_addresses()?,
+        }))
+    }
+}
+
+/// Per-second rates over the span since the previous snapshot.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Rates {
+    rx_bytes_per_second: f64,
+    rx_packets_per_second: f64,
+    rx_errors_per_second: f64,
+    rx_dropped_per_second: f64,
+    tx_bytes_per_second: f64,
+    tx_packets_per_second: f64,
+    tx_errors_per_second: f64,
+    tx_dropped_per_second: f64,
+}
+
+impl Rates {
+    fn per_second(d: &IfCounters, secs: f64) -> Rates {
+        let r = |n: u64| n as f64 / secs;
+        Rates {
+            rx_bytes_per_second: r(d.rx_bytes),
+            rx_packets_per_second: r(d.rx_packets),
+            rx_errors_per_second: r(d.rx_errors),
+            rx_dropped_per_second: r(d.rx_dropped),
+            tx_bytes_per_second: r(d.tx_bytes),
+            tx_packets_per_second: r(d.tx_packets),
+            tx_errors_per_second: r(d.tx_errors),
+            tx_dropped_per_second: r(d.tx_dropped),
+        }
+    }
+}
+
+struct NetworkSection {
+    sent_bytes: u64,
+    recv_bytes: u64,
+    interfaces: Vec<(String, IfCounters, Option<Rates>)>,
+    addresses: Vec<(String, Vec<Ipv4Addr>)>,
+}
+
+impl Section for NetworkSection {
+    fn view(&self, format: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        match format {
+            Format::Seed => Box::new(SeedNetwork {
+                traffic: SeedTraffic {
+                    sent: self.sent_bytes,
+                    recv: self.recv_bytes,
+                },
+                addresses: Ordered(&self.addresses),
+            }),
+            Format::Raw => Box::new(RawNetwork {
+                sent_bytes_total: self.sent_bytes,
+                recv_bytes_total: self.recv_bytes,
+                interfaces: RawInterfaces(&self.interfaces),
+                addresses: Ordered(&self.addresses),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SeedNetwork<'a> {
+    traffic: SeedTraffic,
+    addresses: Ordered<'a, Vec<Ipv4Addr>>,
+}
+
+#[derive(Serialize)]
+struct SeedTraffic {
+    #[serde(serialize_with = "ser_bytes")]
+    sent: u64,
+    #[serde(serialize_with = "ser_bytes")]
+    recv: u64,
+}
+
+#[derive(Serialize)]
+struct RawNetwork<'a> {
+    sent_bytes_total: u64,
+    recv_bytes_total: u64,
+    interfaces: RawInterfaces<'a>,
+    addresses: Ordered<'a, Vec<Ipv4Addr>>,
+}
+
+/// A list of pairs serialized as a JSON object, keeping its order.
+struct Ordered<'a, V>(&'a [(String, V)]);
+
+impl<V: Serialize> Serialize for Ordered<'_, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+struct RawInterfaces<'a>(&'a [(String, IfCounters, Option<Rates>)]);
+
+impl Serialize for RawInterfaces<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            #[serde(flatten)]
+            counters: &'a IfCounters,
+            #[serde(flatten)]
+            rates: &'a Option<Rates>,
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, counters, rates) in self.0 {
+            map.serialize_entry(name, &Entry { counters, rates })?;
+        }
+        map.end()
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line: flags, the run modes (`--list`, `--check`, `--once`, serve) and exit
+//! codes (0 ok, 1 runtime failure, 2 bad configuration or usage).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+use crate::config::{Config, ConfigError, Origin};
+use crate::hostfs::HostFs;
+use crate::pipeline::{warm_up, Collection, Pipeline};
+use crate::plugin::{Plugin, SinkPlugin, SourcePlugin};
+
+const USAGE_ERROR: u8 = 2;
+const RUNTIME_ERROR: u8 = 1;
+
+/// Host metrics (CPU, memory, network) as one JSON document per interval, published to TCP
+/// subscribers, stdout and a rotated JSON-lines file.
+#[derive(Debug, Parser)]
+#[command(name = "pocketses", version, about, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Sources to collect, in snapshot order [default: cpu,memory,network]
+    #[arg(long, value_name = "LIST")]
+    pub sources: Option<String>,
+    /// Sinks to publish to [default: tcp]
+    #[arg(long, value_name = "LIST")]
+    pub sinks: Option<String>,
+    /// TCP port for subscribers; 0 picks a free one [default: 8888]
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Address the TCP publisher listens on [default: 127.0.0.1]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Seconds between snapshots, fractions allowed, at least 0.01 [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<String>,
+    /// Message encoding: seed or raw [default: seed]
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Most TCP subscribers at once [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<String>,
+    /// JSON-lines file of the file sink [default: ./pocketses.jsonl, $SNAP_COMMON/pocketses.jsonl in a snap]
+    #[arg(long, value_name = "PATH")]
+    pub file_path: Option<String>,
+    /// Size at which the file is rotated, with K/M/G suffixes [default: 10M]
+    #[arg(long, value_name = "SIZE")]
+    pub file_max_size: Option<String>,
+    /// Rotated files kept (.1 to .N) [default: 5]
+    #[arg(long, value_name = "N")]
+    pub file_max_files: Option<String>,
+    /// Collect one snapshot, print it to stdout and exit
+    #[arg(long, conflicts_with_all = ["list", "check"])]
+    pub once: bool,
+    /// List the registered sources and sinks
+    #[arg(long, conflicts_with = "check")]
+    pub list: bool,
+    /// Validate the effective configuration, print it or what is wrong, exit 0 or 2
+    #[arg(long)]
+    pub check: bool,
+    /// Read the snap configuration even outside a snap
+    #[arg(long, overrides_with = "no_snap")]
+    pub snap: bool,
+    /// Do not read the snap configuration
+    #[arg(long)]
+    pub no_snap: bool,
+}
+
+const AFTER_HELP: &str = "\
+Settings come from built-in defaults, then the snap configuration (snap set pocketses key=value),
+then these flags; later wins. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to filter.
+Subscribe to the TCP publisher with: telnet 127.0.0.1 8888";
+
+impl Args {
+    /// The flags that set a configuration key, as `(key, value)`.
+    fn settings(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("sources", &self.sources),
+            ("sinks", &self.sinks),
+            ("port", &self.port),
+            ("bind", &self.bind),
+            ("interval", &self.interval),
+            ("format", &self.format),
+            ("max-clients", &self.max_clients),
+            ("file.path", &self.file_path),
+            ("file.max-size", &self.file_max_size),
+            ("file.max-files", &self.file_max_files),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.as_deref()?)))
+    }
+}
+
+/// Builds the effective configuration: defaults, then snap configuration, then flags. All
+/// problems are reported, not just the first.
+pub fn load_config(args: &Args) -> Result<Config, Vec<ConfigError>> {
+    let mut config = Config::default();
+    let errors: Vec<ConfigError> = args
+        .settings()
+        .filter_map(|(key, value)| config.set(key, value, Origin::Flag).err())
+        .collect();
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    crate::logging::init();
+    if args.list {
+        print!("{}", plugin_list());
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("pocketses: {e}");
+            }
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    if args.check {
+        print!("configuration is valid:\n{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
+    let result = if args.once {
+        once(&config)
+    } else {
+        serve(args, config)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(RUNTIME_ERROR)
+        }
+    }
+}
+
+/// `--list`: the registered plugins with a line of description each.
+pub fn plugin_list() -> String {
+    fn section<P: Plugin>(title: &str, out: &mut String) {
+        out.push_str(title);
+        out.push('\n');
+        for p in P::all() {
+            let name = match p.aliases() {
+                [] => p.name().to_string(),
+                a => format!("{} ({})", p.name(), a.join(", ")),
+            };
+            out.push_str(&format!("  {name:<20} {}\n", p.description()));
+        }
+    }
+    let mut out = String::new();
+    section::<SourcePlugin>("sources:", &mut out);
+    section::<SinkPlugin>("sinks:", &mut out);
+    out
+}
+
+/// `--once`: one snapshot, CPU utilization measured over the warm-up.
+fn once(config: &Config) -> anyhow::Result<()> {
+    let mut collection = Collection::new(&config.sources, config.format, &HostFs::default())?;
+    std::thread::sleep(warm_up(config.interval));
+    let frame = collection.collect();
+    let mut out = std::io::stdout().lock();
+    out.write_all(&frame.json)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs the pipeline until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let config = Arc::new(config);
+        let mut pipeline = Pipeline::start(config.clone()).await?;
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            sources = %config.sources.join(","),
+            sinks = %config.sinks.join(","),
+            interval = ?config.interval,
+            format = %config.format,
+            "pocketses started"
+        );
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => reload(&args, &mut pipeline).await,
+            }
+        }
+        info!("stopping");
+        pipeline.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn reload(args: &Args, pipeline: &mut Pipeline) {
+    match load_config(args) {
+        Ok(config) if config == **pipeline.config() => info!("reload: configuration unchanged"),
+        Ok(config) => {
+            if let Err(e) = pipeline.reload(Arc::new(config)).await {
+                error!("reload: {e}");
+            }
+        }
+        Err(errors) => {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            error!(
+                "reload refused, the running configuration stays: {}",
+                all.join("; ")
+            );
+        }
+    }
+}

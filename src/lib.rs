@@ -1,0 +1,23 @@
+//! Pocketses: a small, fast host-metrics agent.
+//!
+//! Every interval the [`pipeline`] asks each configured [`Source`](plugin::Source) for a
+//! section, stamps them with one shared timestamp into a [`Snapshot`](model::Snapshot),
+//! encodes it once ([`encode`]) and hands the same bytes to every [`Sink`](plugin::Sink).
+//! Sources live in `sources/`, sinks in `sinks/`, one file each; they register themselves
+//! with `inventory`, so nothing in `src/` names a particular plugin.
+
+pub mod cli;
+pub mod config;
+pub mod encode;
+pub mod hostfs;
+pub mod logging;
+pub mod model;
+pub mod pipeline;
+pub mod plugin;
+pub mod schedule;
+
+#[path = "../sources/mod.rs"]
+pub mod sources;
+
+#[path = "../sinks/mod.rs"]
+pub mod sinks;

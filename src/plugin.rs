@@ -1,0 +1,123 @@
+//! The plugin contract and the registry that `inventory` fills.
+//!
+//! A source or sink is one file under `sources/` or `sinks/` that implements [`Source`] or
+//! [`Sink`] and registers a [`SourcePlugin`] or [`SinkPlugin`] beside the type with
+//! `inventory::submit!`. The registry looks plugins up by name or alias; nothing else in the
+//! framework knows which plugins exist.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::encode::Frame;
+use crate::hostfs::HostFs;
+use crate::model::Section;
+
+/// A metric source. `collect` runs on the collector thread, never on the async runtime, so
+/// it may read files synchronously; it must not sleep.
+pub trait Source: Send {
+    /// Reads the host once and returns this source's section of the snapshot.
+    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>>;
+}
+
+/// A snapshot consumer. Each sink runs in its own task fed by a bounded queue, so a slow sink
+/// loses its own oldest snapshots and never delays another sink or the collection.
+#[async_trait]
+pub trait Sink: Send {
+    /// Delivers one encoded snapshot. An error is logged (rate-limited) by the pipeline and
+    /// the sink keeps receiving later snapshots.
+    async fn publish(&mut self, frame: &Frame) -> anyhow::Result<()>;
+
+    /// Adopts a reloaded configuration in place. `Ok(false)` asks the pipeline to build a
+    /// fresh sink instead (the default); `Err` keeps this sink running unchanged.
+    async fn reconfigure(&mut self, _config: &Config) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    /// Flushes and releases everything; called once at shutdown or removal.
+    async fn close(&mut self) {}
+}
+
+/// What builds a sink: a future that resolves once the sink is ready to publish (listener
+/// bound, file open), so the pipeline can wait for readiness before the first collection.
+pub type SinkFuture = Pin<Box<dyn Future<Output = anyhow::Result<Box<dyn Sink>>> + Send>>;
+
+/// Where sources read the host from (`/` on a live system, a fixture tree in tests).
+pub struct SourceContext {
+    pub host: HostFs,
+}
+
+/// Registration record of a source.
+pub struct SourcePlugin {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub description: &'static str,
+    pub build: fn(&SourceContext) -> anyhow::Result<Box<dyn Source>>,
+}
+
+/// Registration record of a sink.
+pub struct SinkPlugin {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub description: &'static str,
+    pub build: fn(Arc<Config>) -> SinkFuture,
+}
+
+inventory::collect!(SourcePlugin);
+inventory::collect!(SinkPlugin);
+
+/// What the registry needs to know of either kind of plugin.
+pub trait Plugin: Sized + Sync + 'static {
+    /// `"source"` or `"sink"`, for messages.
+    const KIND: &'static str;
+    fn name(&self) -> &'static str;
+    fn aliases(&self) -> &'static [&'static str];
+    fn description(&self) -> &'static str;
+    fn all() -> Vec<&'static Self>;
+}
+
+macro_rules! impl_plugin {
+    ($ty:ty, $kind:literal) => {
+        impl Plugin for $ty {
+            const KIND: &'static str = $kind;
+            fn name(&self) -> &'static str {
+                self.name
+            }
+            fn aliases(&self) -> &'static [&'static str] {
+                self.aliases
+            }
+            fn description(&self) -> &'static str {
+                self.description
+            }
+            fn all() -> Vec<&'static Self> {
+                let mut all: Vec<_> = inventory::iter::<$ty>.into_iter().collect();
+                all.sort_by_key(|p| p.name);
+                all
+            }
+        }
+    };
+}
+impl_plugin!(SourcePlugin, "source");
+impl_plugin!(SinkPlugin, "sink");
+
+/// The plugin registered under `name` or one of its aliases.
+pub fn find<P: Plugin>(name: &str) -> Option<&'static P> {
+    P::all()
+        .into_iter()
+        .find(|p| p.name() == name || p.aliases().contains(&name))
+}
+
+/// `cpu, memory (mem), network (net)`: the valid names, for error messages.
+pub fn valid_names<P: Plugin>() -> String {
+    P::all()
+        .iter()
+        .map(|p| match p.aliases() {
+            [] => p.name().to_string(),
+            aliases => format!("{} ({})", p.name(), aliases.join(", ")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
