@@ -59,14 +59,21 @@ impl CpuTimes {
         }
     }
 
-    /// Busy percent of this span: everything but idle and iowait. 0 for an empty span.
-    fn busy_percent(&self) -> f64 {
-        let total = self.total();
+    /// Time in every mode but idle and iowait.
+    fn busy(&self) -> u64 {
+        self.total() - self.idle - self.iowait
+    }
+
+    /// Busy percent over the span since `earlier`. Sums are compared, as psutil does: a
+    /// single mode may dip (iowait is documented to go backwards on tickless kernels) without
+    /// making the interval absurd; a span whose total did not advance (a reset) reads 0.0.
+    fn busy_percent_since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total().saturating_sub(earlier.total());
         if total == 0 {
             return 0.0;
         }
-        let busy = total - self.idle - self.iowait;
-        busy as f64 * 100.0 / total as f64
+        let busy = self.busy().saturating_sub(earlier.busy());
+        (busy as f64 * 100.0 / total as f64).min(100.0)
     }
 }
 
@@ -128,7 +135,7 @@ pub fn utilization(before: &StatSample, now: &StatSample) -> Vec<f64> {
                 .per_cpu
                 .iter()
                 .find(|(b, _)| b == id)
-                .map_or(0.0, |(_, earlier)| times.since(earlier).busy_percent())
+                .map_or(0.0, |(_, earlier)| times.busy_percent_since(earlier))
         })
         .collect()
 }
@@ -369,5 +376,139 @@ impl ModeValues {
             softirq: f(t.softirq),
             steal: f(t.steal),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn stat(case: &str) -> StatSample {
+        let text = std::fs::read_to_string(format!("{FIXTURES}/{case}/proc/stat")).unwrap();
+        parse_stat(&text).unwrap()
+    }
+
+    fn ids(s: &StatSample) -> Vec<u32> {
+        s.per_cpu.iter().map(|(id, _)| *id).collect()
+    }
+
+    #[test]
+    fn parses_every_mode_including_steal() {
+        let s = stat("gopsutil/stat_424");
+        assert_eq!(
+            s.all,
+            CpuTimes {
+                user: 23644,
+                nice: 6695,
+                system: 4764,
+                idle: 134_931_750,
+                iowait: 22115,
+                irq: 0,
+                softirq: 473,
+                steal: 5892,
+            }
+        );
+        assert_eq!(s.per_cpu[1].1.steal, 1765);
+    }
+
+    #[test]
+    fn keeps_cpu_ids_as_the_kernel_numbers_them() {
+        assert_eq!(ids(&stat("node_exporter")), (0..8).collect::<Vec<_>>());
+        assert_eq!(ids(&stat("telegraf/default/0")).len(), 16);
+    }
+
+    #[test]
+    fn a_cpu_going_offline_drops_out_of_the_next_snapshot() {
+        let (before, after) = (
+            stat("telegraf/cpu_count_decrease/0"),
+            stat("telegraf/cpu_count_decrease/1"),
+        );
+        assert_eq!(ids(&before), [0, 1]);
+        assert_eq!(ids(&after), [0]);
+        let u = utilization(&before, &after);
+        assert_eq!(u.len(), 1);
+        // cpu0: busy 7600+3991+1375+2088 - (5006+2060+741+1220) over the total's increase.
+        let busy = (7600 + 3991 + 1375 + 2088 - 5006 - 2060 - 741 - 1220) as f64;
+        let total = busy + (1_572_632 - 960_064 + 677 - 467) as f64;
+        assert!((u[0] - busy * 100.0 / total).abs() < 1e-9, "{u:?}");
+    }
+
+    #[test]
+    fn counters_going_backwards_never_give_absurd_percentages() {
+        let samples: Vec<_> = (0..3)
+            .map(|i| stat(&format!("telegraf/cpu_times_decrease/{i}")))
+            .collect();
+        // 0 -> 1: the total went backwards (iowait 80 -> 40): a reset, read as 0.0.
+        assert_eq!(utilization(&samples[0], &samples[1]), [0.0]);
+        // 1 -> 2: user +18, irq +2, iowait +80 => 20 busy of 100.
+        assert_eq!(utilization(&samples[1], &samples[2]), [20.0]);
+        let span = samples[1].all.since(&samples[0].all);
+        assert_eq!((span.iowait, span.irq, span.user), (0, 0, 20));
+    }
+
+    #[test]
+    fn a_cpu_coming_online_reads_zero_for_its_first_span() {
+        let (before, after) = (
+            stat("telegraf/cpu_count_decrease/1"),
+            stat("telegraf/cpu_count_decrease/0"),
+        );
+        assert_eq!(utilization(&before, &after)[1], 0.0);
+    }
+
+    #[test]
+    fn garbage_is_rejected_not_misread() {
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("intr 1 2 3\n"), None);
+        assert_eq!(parse_stat("cpu  1 2 x 4\ncpu0 1 2 3 4\n"), None);
+        // Old kernels print only four columns: the rest read as zero.
+        let old = parse_stat("cpu  1 2 3 4\ncpu0 1 2 3 4\n").unwrap();
+        assert_eq!(old.all.iowait, 0);
+    }
+
+    #[test]
+    fn frequency_is_the_mean_over_online_cpus_from_cpufreq() {
+        let host = HostFs::new(format!("{FIXTURES}/node_exporter"));
+        let f = frequency(&host, &[0, 1, 2, 3]);
+        assert!((f.current_mhz - (1_699_981.0 * 2.0 + 8000.0 * 2.0) / 4000.0).abs() < 1e-9);
+        assert_eq!((f.max_mhz, f.min_mhz), (3950.0, 400.5));
+    }
+
+    #[test]
+    fn frequency_without_cpufreq_falls_back_to_cpuinfo_then_zero() {
+        let arm = HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037"));
+        assert_eq!(frequency(&arm, &[0]), Frequency::default());
+        let x86 = HostFs::new(format!("{FIXTURES}/prometheus_procfs"));
+        let mhz = cpuinfo_mhz(
+            &std::fs::read_to_string(format!("{FIXTURES}/prometheus_procfs/proc/cpuinfo")).unwrap(),
+        );
+        // cpu0's cpufreq is a dangling capture of a symlink, cpu1's directory is real.
+        assert!(mhz.is_some());
+        let f = frequency(&x86, &[0, 1]);
+        assert!(f.current_mhz > 0.0 && f.max_mhz > 0.0, "{f:?}");
+    }
+
+    #[test]
+    fn seed_view_matches_the_original_shape() {
+        let section = CpuSection {
+            count: 2,
+            overall_percent: (27.6 + 51.0) / 2.0,
+            per_cpu_percent: vec![27.6, 51.0],
+            frequency: Frequency {
+                current_mhz: 799.96,
+                max_mhz: 4800.0,
+                min_mhz: 400.0,
+            },
+            ids: vec![0, 1],
+            seconds: CpuTimes::default(),
+            span: CpuTimes::default(),
+            hz: 100.0,
+        };
+        let json = serde_json::to_string(&section.view(Format::Seed)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"count":2,"utilization":{"overall":39.3,"per_cpu":[27.6,51.0]},"frequency":{"current":800.0,"max":4800.0,"min":400.0}}"#
+        );
     }
 }

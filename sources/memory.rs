@@ -156,3 +156,74 @@ struct RawMemory {
     swap_used_bytes: u64,
     swap_used_percent: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn meminfo(case: &str) -> Option<MemInfo> {
+        parse_meminfo(&std::fs::read_to_string(format!("{FIXTURES}/{case}/proc/meminfo")).unwrap())
+    }
+
+    fn seed(m: MemInfo) -> String {
+        serde_json::to_string(&MemorySection(m).view(Format::Seed)).unwrap()
+    }
+
+    #[test]
+    fn without_mem_available_the_estimate_counts_caches_and_reclaimable_slab() {
+        let m = meminfo("node_exporter").unwrap();
+        assert_eq!(m.total, 3_742_148 * 1024);
+        assert_eq!(m.available, (225_472 + 22_040 + 930_888 + 44_772) * 1024);
+        assert_eq!(
+            (m.swap_total, m.swap_free),
+            (4_194_300 * 1024, 3_155_360 * 1024)
+        );
+        assert_eq!(
+            seed(m),
+            r#"{"virtual":{"total":"3.6G","used":"67.3%","available":"1.2G"},"swap":{"total":"4.0G","used":"24.8%","available":"3.0G"}}"#
+        );
+    }
+
+    #[test]
+    fn a_host_without_swap_reports_zero_percent() {
+        let m = meminfo("prometheus_procfs").unwrap();
+        assert_eq!(m.swap_total, 0);
+        assert!(seed(m).contains(r#""swap":{"total":"0.0B","used":"0.0%","available":"0.0B"}"#));
+    }
+
+    #[test]
+    fn partial_and_old_style_files_still_parse() {
+        let four_lines = meminfo("gopsutil/meminfo_anonhugepages").unwrap();
+        assert_eq!(four_lines.available, 127_880_216 * 1024);
+        assert_eq!(four_lines.swap_total, 0);
+        // 2.4-era files start with a "total: used: ..." table; its rows are skipped.
+        let old = meminfo("gopsutil/meminfo_issue1002").unwrap();
+        assert_eq!(old.total, 254_472 * 1024);
+    }
+
+    #[test]
+    fn no_mem_total_is_an_error_not_zeroes() {
+        assert_eq!(parse_meminfo("MemFree: 12 kB\n"), None);
+        assert_eq!(parse_meminfo(""), None);
+    }
+
+    #[test]
+    fn raw_view_keeps_exact_bytes() {
+        let m = MemInfo {
+            total: 1000,
+            free: 100,
+            available: 250,
+            buffers: 10,
+            cached: 20,
+            swap_total: 0,
+            swap_free: 0,
+        };
+        let v = serde_json::to_value(MemorySection(m).view(Format::Raw)).unwrap();
+        assert_eq!(v["total_bytes"], 1000);
+        assert_eq!(v["used_bytes"], 750);
+        assert_eq!(v["used_percent"], 75.0);
+        assert_eq!(v["swap_used_percent"], 0.0);
+    }
+}

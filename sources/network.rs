@@ -84,22 +84,25 @@ pub fn parse_net_dev(text: &str) -> Vec<(String, IfCounters)> {
 /// IPv4 addresses by interface label (`eth0:1` aliases are their own entries), in the
 /// kernel's interface order; interfaces without IPv4 are left out.
 fn ipv4_addresses() -> anyhow::Result<Vec<(String, Vec<Ipv4Addr>)>> {
+    let v4 = nix::ifaddrs::getifaddrs()?.filter_map(|ifa| {
+        let ip = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+        Some((ifa.interface_name, ip))
+    });
+    Ok(group_by_interface(v4))
+}
+
+/// Groups addresses by interface, keeping first-seen order of interfaces and addresses.
+fn group_by_interface(
+    pairs: impl Iterator<Item = (String, Ipv4Addr)>,
+) -> Vec<(String, Vec<Ipv4Addr>)> {
     let mut out: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs()? {
-        let Some(ip) = ifa
-            .address
-            .as_ref()
-            .and_then(|a| a.as_sockaddr_in())
-            .map(|s| s.ip())
-        else {
-            continue;
-        };
-        match out.iter_mut().find(|(name, _)| *name == ifa.interface_name) {
+    for (name, ip) in pairs {
+        match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, ips)) => ips.push(ip),
-            None => out.push((ifa.interface_name, vec![ip])),
+            None => out.push((name, vec![ip])),
         }
     }
-    Ok(out)
+    out
 }
 
 struct Network {
@@ -262,5 +265,133 @@ impl Serialize for RawInterfaces<'_> {
             map.serialize_entry(name, &Entry { counters, rates })?;
         }
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    #[test]
+    fn odd_interface_names_and_counters_touching_the_colon() {
+        let text =
+            std::fs::read_to_string(format!("{FIXTURES}/node_exporter/proc/net/dev")).unwrap();
+        let parsed = parse_net_dev(&text);
+        let names: Vec<&str> = parsed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tun0",
+                "veth4B09XN",
+                "lo",
+                "eth0",
+                "lxcbr0",
+                "wlan0",
+                "docker0",
+                "ibr10:30",
+                "flannel.1",
+                "💩0"
+            ]
+        );
+        let eth0 = parsed[3].1;
+        assert_eq!(
+            (eth0.rx_bytes, eth0.rx_packets),
+            (68_210_035_552, 520_993_275)
+        );
+        assert_eq!(
+            (eth0.tx_bytes, eth0.tx_packets),
+            (9_315_587_528, 43_451_486)
+        );
+        assert_eq!(parsed[8].1.tx_dropped, 64);
+    }
+
+    #[test]
+    fn header_and_truncated_lines_are_skipped() {
+        let text = "Inter-|   Receive\n face |bytes\n  eth0: 1 2 3\n    lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n";
+        let parsed = parse_net_dev(text);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!((parsed[0].0.as_str(), parsed[0].1.tx_bytes), ("lo", 9));
+    }
+
+    #[test]
+    fn aliases_are_their_own_entries_and_order_is_kept() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let grouped = group_by_interface(
+            [
+                ("lo", "127.0.0.1"),
+                ("eth0", "10.0.0.2"),
+                ("eth0:1", "10.0.0.3"),
+                ("eth0", "10.0.0.4"),
+            ]
+            .into_iter()
+            .map(|(n, a)| (n.to_string(), ip(a))),
+        );
+        assert_eq!(
+            grouped,
+            [
+                ("lo".to_string(), vec![ip("127.0.0.1")]),
+                ("eth0".to_string(), vec![ip("10.0.0.2"), ip("10.0.0.4")]),
+                ("eth0:1".to_string(), vec![ip("10.0.0.3")]),
+            ]
+        );
+    }
+
+    fn dev_line(name: &str, rx: u64, tx: u64) -> String {
+        format!("{name:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n")
+    }
+
+    /// Runs the source over a sequence of /proc/net/dev contents in a scratch root.
+    fn run(samples: &[String]) -> Vec<serde_json::Value> {
+        let root = std::env::temp_dir().join(format!(
+            "pocketses-net-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(root.join("proc/net")).unwrap();
+        let mut source = Network::new(HostFs::new(&root));
+        let out = samples
+            .iter()
+            .map(|text| {
+                std::fs::write(root.join("proc/net/dev"), text).unwrap();
+                serde_json::to_value(source.collect().unwrap().view(Format::Raw)).unwrap()
+            })
+            .collect();
+        std::fs::remove_dir_all(&root).unwrap();
+        out
+    }
+
+    #[test]
+    fn totals_never_decrease_and_resets_never_give_negative_rates() {
+        let snaps = run(&[
+            dev_line("lo", 100, 100) + &dev_line("veth0", 1000, 2000),
+            // veth0 disappears: the totals keep what it carried.
+            dev_line("lo", 150, 130),
+            // lo's counters reset (driver reload): its increase is its new value.
+            dev_line("lo", 20, 10),
+        ]);
+        let totals: Vec<(u64, u64)> = snaps
+            .iter()
+            .map(|s| {
+                (
+                    s["recv_bytes_total"].as_u64().unwrap(),
+                    s["sent_bytes_total"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(totals, [(1100, 2100), (1150, 2130), (1170, 2140)]);
+        assert!(
+            snaps[0]["interfaces"]["lo"]
+                .get("rx_bytes_per_second")
+                .is_none(),
+            "no rate on the first snapshot"
+        );
+        for s in &snaps[1..] {
+            let rate = s["interfaces"]["lo"]["rx_bytes_per_second"]
+                .as_f64()
+                .unwrap();
+            assert!(rate > 0.0 && rate.is_finite(), "{rate}");
+        }
     }
 }

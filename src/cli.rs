@@ -20,7 +20,7 @@ const RUNTIME_ERROR: u8 = 1;
 /// Host metrics (CPU, memory, network) as one JSON document per interval, published to TCP
 /// subscribers, stdout and a rotated JSON-lines file.
 #[derive(Debug, Parser)]
-#[command(name = "pocketses", version, about, after_help = AFTER_HELP)]
+#[command(name = "pocketses", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
 pub struct Args {
     /// Sources to collect, in snapshot order [default: cpu,memory,network]
     #[arg(long, value_name = "LIST")]

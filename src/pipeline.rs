@@ -389,3 +389,80 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Section;
+
+    /// Fails every other call, panicking on the first, so both kinds of failure are seen.
+    struct Flaky(u32);
+
+    impl Source for Flaky {
+        fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+            self.0 += 1;
+            match self.0 % 3 {
+                1 => panic!("boom"),
+                2 => anyhow::bail!("unreadable"),
+                _ => Ok(Box::new(Count(self.0))),
+            }
+        }
+    }
+
+    struct Count(u32);
+
+    impl Section for Count {
+        fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+            Box::new(self.0)
+        }
+    }
+
+    #[test]
+    fn a_failing_source_is_left_out_and_the_others_still_publish() {
+        let mut collection = Collection::new(&["memory"], Format::Raw, &HostFs::default()).unwrap();
+        collection.sources.insert(
+            0,
+            NamedSource {
+                name: "flaky",
+                source: Box::new(Flaky(0)),
+                failures: RateLimit::default(),
+            },
+        );
+        let frames: Vec<serde_json::Value> = (0..3)
+            .map(|_| serde_json::from_slice(&collection.collect().json).unwrap())
+            .collect();
+        // Panic, error, success: memory is there every time, flaky only when it worked.
+        assert!(frames
+            .iter()
+            .all(|f| f["memory"]["total_bytes"].as_u64() > Some(0)));
+        assert_eq!(
+            frames
+                .iter()
+                .map(|f| f.get("flaky").is_some())
+                .collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        assert_eq!(frames[2]["flaky"], 3);
+        assert_eq!(collection.seq, 3);
+    }
+
+    #[test]
+    fn switching_keeps_the_state_of_sources_that_stay() {
+        let mut collection =
+            Collection::new(&["network"], Format::Seed, &HostFs::default()).unwrap();
+        collection.collect();
+        let fresh = NamedSource::build_all(&["memory"], &HostFs::default()).unwrap();
+        collection.switch(&["memory", "network"], fresh, Format::Raw);
+        let frame: serde_json::Value = serde_json::from_slice(&collection.collect().json).unwrap();
+        let names: Vec<&str> = frame
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, ["timestamp", "memory", "network"]);
+        // Raw format now, and network kept its previous sample: rates need one.
+        assert!(frame["memory"]["total_bytes"].is_u64());
+        assert!(frame["network"]["interfaces"]["lo"]["rx_bytes_per_second"].is_f64());
+    }
+}

@@ -76,3 +76,46 @@ pub fn encode(snapshot: &Snapshot, format: Format) -> Bytes {
     written.expect("sections serialize to JSON");
     Bytes::from(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Section;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A section whose two views differ, to see which one the encoder picked.
+    struct Views(&'static str);
+
+    impl Section for Views {
+        fn view(&self, format: Format) -> Box<dyn erased_serde::Serialize + '_> {
+            Box::new(format!("{}-{format}", self.0))
+        }
+    }
+
+    #[test]
+    fn timestamp_first_then_sections_in_configured_order() {
+        let snapshot = Snapshot {
+            timestamp: UNIX_EPOCH + Duration::from_millis(1_795_694_400_042),
+            sections: vec![
+                ("zeta", Box::new(Views("z"))),
+                ("alpha", Box::new(Views("a"))),
+            ],
+        };
+        assert_eq!(
+            encode(&snapshot, Format::Seed),
+            r#"{"timestamp":"2026-11-26T12:00:00.042Z","zeta":"z-seed","alpha":"a-seed"}"#
+        );
+        assert_eq!(
+            encode(&snapshot, Format::Raw),
+            r#"{"timestamp":"2026-11-26T12:00:00.042Z","zeta":"z-raw","alpha":"a-raw"}"#
+        );
+    }
+
+    #[test]
+    fn format_names_round_trip() {
+        for f in [Format::Seed, Format::Raw] {
+            assert_eq!(Format::parse(&f.to_string()), Some(f));
+        }
+        assert_eq!(Format::parse("json"), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! The real binary's command line: one-shot output checked against this host's /proc,
+//! streaming to stdout, signals, exit codes and error messages.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn pocketses() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pocketses"));
+    // Keep a developer's snap environment from leaking into what these tests check.
+    cmd.env_remove("SNAP_INSTANCE_NAME")
+        .env_remove("SNAP_COOKIE");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    pocketses().args(args).output().expect("run pocketses")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+/// A running agent whose stdout lines arrive on a channel; killed on drop.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        let mut child = pocketses()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pocketses");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, lines }
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a snapshot line within 10 s")
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for exit (bounded), returning the status.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pocketses did not exit within 5 s");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_meminfo_kb(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn once_prints_one_seed_snapshot_that_matches_this_host() {
+    let v = stdout_json(&run(&["--once"]));
+    assert_eq!(keys(&v), ["timestamp", "cpu", "memory", "network"]);
+    let ts = v["timestamp"].as_str().unwrap();
+    assert_eq!(
+        (ts.len(), &ts[10..11], &ts[19..20], &ts[23..]),
+        (24, "T", ".", "Z"),
+        "{ts}"
+    );
+
+    let online = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    assert_eq!(v["cpu"]["count"], online);
+    let per_cpu = v["cpu"]["utilization"]["per_cpu"].as_array().unwrap();
+    assert_eq!(per_cpu.len(), online);
+    assert!(per_cpu
+        .iter()
+        .all(|p| (0.0..=100.0).contains(&p.as_f64().unwrap())));
+
+    let total = pocketses::encode::humanize::bytes(proc_meminfo_kb("MemTotal:") * 1024);
+    assert_eq!(v["memory"]["virtual"]["total"], total.as_str());
+    assert!(v["memory"]["virtual"]["used"]
+        .as_str()
+        .unwrap()
+        .ends_with('%'));
+    assert_eq!(v["network"]["addresses"]["lo"][0], "127.0.0.1");
+}
+
+#[test]
+fn once_in_raw_format_gives_exact_numbers() {
+    let v = stdout_json(&run(&["--once", "--format", "raw", "--sources", "mem,cpu"]));
+    assert_eq!(keys(&v), ["timestamp", "memory", "cpu"]);
+    let total = v["memory"]["total_bytes"].as_u64().unwrap();
+    assert_eq!(total, proc_meminfo_kb("MemTotal:") * 1024);
+    for mode in [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ] {
+        assert!(v["cpu"]["seconds_total"][mode].is_f64(), "{mode}");
+        assert!(v["cpu"]["mode_percent"][mode].is_f64(), "{mode}");
+    }
+}
+
+#[test]
+fn streams_snapshots_to_stdout_until_sigterm() {
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--interval",
+        "0.05",
+        "--sources",
+        "memory",
+    ]);
+    let stamps: Vec<String> = (0..6)
+        .map(|_| {
+            let v: Value = serde_json::from_str(&agent.next_line()).expect("each line is JSON");
+            assert_eq!(keys(&v), ["timestamp", "memory"]);
+            v["timestamp"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait().code(), Some(0));
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let mut agent = Agent::start(&["--sinks", "stdout", "--interval", "0.05"]);
+    agent.next_line();
+    agent.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(agent.wait().code(), Some(0));
+}
+
+#[test]
+fn bad_values_exit_2_and_name_key_value_and_what_is_allowed() {
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--port", "abc"], &["port", "\"abc\"", "0 to 65535"]),
+        (
+            &["--sources", "cpu,bogus"],
+            &["sources", "\"bogus\"", "cpu, memory (mem), network (net)"],
+        ),
+        (
+            &["--sinks", "kafka"],
+            &["sinks", "\"kafka\"", "valid sinks: "],
+        ),
+        (
+            &["--interval", "0"],
+            &["interval", "\"0\"", "0.01 to 86400"],
+        ),
+        (&["--format", "xml"], &["format", "\"xml\"", "seed, raw"]),
+        (
+            &["--file-max-size", "10X"],
+            &["file.max-size", "\"10X\"", "K, M or G"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: {needle:?} not in {stderr}"
+            );
+        }
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let out = run(&["--check", "--port", "abc", "--interval", "-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("port") && stderr.contains("interval"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = run(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
+#[test]
+fn check_prints_the_effective_configuration() {
+    let out = run(&[
+        "--check",
+        "--port",
+        "9000",
+        "--sources",
+        "net",
+        "--interval",
+        "2.5",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "port=9000",
+        "sources=network",
+        "interval=2.5",
+        "sinks=tcp",
+        "format=seed",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line} not in {stdout}");
+    }
+}
+
+#[test]
+fn list_describes_every_plugin() {
+    let out = run(&["--list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["cpu ", "memory (mem)", "network (net)", "stdout "] {
+        assert!(stdout.contains(name), "{name} not in {stdout}");
+    }
+}
+
+#[test]
+fn help_and_version_work_anywhere() {
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--sources",
+        "--sinks",
+        "--port",
+        "--bind",
+        "--interval",
+        "--format",
+        "--max-clients",
+        "--file-path",
+        "--file-max-size",
+        "--file-max-files",
+        "--once",
+        "--list",
+        "--check",
+        "--snap",
+        "--no-snap",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help");
+    }
+    let version = run(&["-V"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        concat!("pocketses ", env!("CARGO_PKG_VERSION"))
+    );
+}
