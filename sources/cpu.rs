@@ -1,6 +1,8 @@
 //! `cpu`: online CPU count, busy percent per CPU and overall since the previous snapshot,
 //! time per mode, and frequency.
 
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
@@ -163,16 +165,53 @@ fn cpufreq_mean_mhz(host: &HostFs, cpus: &[u32], file: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64 / 1000.0)
 }
 
-/// Frequency of the online CPUs: means over cpufreq's per-CPU files; where the host has no
-/// cpufreq, `current` comes from `cpu MHz` in `/proc/cpuinfo` and max/min are 0.
-pub fn frequency(host: &HostFs, cpus: &[u32]) -> Frequency {
-    let current = cpufreq_mean_mhz(host, cpus, "scaling_cur_freq")
-        .or_else(|| cpufreq_mean_mhz(host, cpus, "cpuinfo_cur_freq"))
-        .or_else(|| cpuinfo_mhz(&host.read_trimmed("/proc/cpuinfo")?));
-    Frequency {
-        current_mhz: current.unwrap_or(0.0),
-        max_mhz: cpufreq_mean_mhz(host, cpus, "scaling_max_freq").unwrap_or(0.0),
-        min_mhz: cpufreq_mean_mhz(host, cpus, "scaling_min_freq").unwrap_or(0.0),
+/// How often `/proc/cpuinfo` is read where the host has no cpufreq.
+const CPUINFO_REFRESH: Duration = Duration::from_secs(10);
+
+/// Reads CPU frequency cheaply enough for every tick. cpufreq's max/min are policy limits,
+/// read again only when the set of online CPUs changes; the current value is read each tick
+/// from cpufreq or, where the host has none, from `/proc/cpuinfo` at most every
+/// [`CPUINFO_REFRESH`]: generating that file is costly, and hosts without cpufreq are mostly
+/// VMs whose clock does not change. Means are over the online CPUs; 0.0 where unknown.
+struct FrequencyReader {
+    host: HostFs,
+    cpus: Vec<u32>,
+    has_cpufreq: bool,
+    last: Frequency,
+    cpuinfo_read: Option<Instant>,
+}
+
+impl FrequencyReader {
+    fn new(host: HostFs) -> Self {
+        FrequencyReader {
+            host,
+            cpus: Vec::new(),
+            has_cpufreq: false,
+            last: Frequency::default(),
+            cpuinfo_read: None,
+        }
+    }
+
+    fn read(&mut self, cpus: &[u32], now: Instant) -> Frequency {
+        if cpus != self.cpus {
+            self.cpus = cpus.to_vec();
+            let limit = |file| cpufreq_mean_mhz(&self.host, cpus, file);
+            let (max, min) = (limit("scaling_max_freq"), limit("scaling_min_freq"));
+            self.has_cpufreq = max.is_some();
+            self.last.max_mhz = max.unwrap_or(0.0);
+            self.last.min_mhz = min.unwrap_or(0.0);
+            self.cpuinfo_read = None;
+        }
+        if self.has_cpufreq {
+            self.last.current_mhz = cpufreq_mean_mhz(&self.host, cpus, "scaling_cur_freq")
+                .or_else(|| cpufreq_mean_mhz(&self.host, cpus, "cpuinfo_cur_freq"))
+                .unwrap_or(0.0);
+        } else if self.cpuinfo_read.is_none_or(|t| now.duration_since(t) >= CPUINFO_REFRESH) {
+            self.cpuinfo_read = Some(now);
+            let text = self.host.read_trimmed("/proc/cpuinfo").unwrap_or_default();
+            self.last.current_mhz = cpuinfo_mhz(&text).unwrap_or(0.0);
+        }
+        self.last
     }
 }
 
@@ -201,6 +240,7 @@ pub struct Cpu {
     host: HostFs,
     buf: String,
     previous: StatSample,
+    frequency: FrequencyReader,
     ticks_per_second: f64,
 }
 
@@ -209,6 +249,7 @@ impl Cpu {
     /// Without one (unreadable `/proc/stat`) the first utilization reads 0.0.
     pub fn new(host: HostFs) -> Self {
         let mut cpu = Cpu {
+            frequency: FrequencyReader::new(host.clone()),
             host,
             buf: String::new(),
             previous: StatSample::default(),
@@ -227,22 +268,13 @@ impl Cpu {
 impl Source for Cpu {
     fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         let now = self.sample()?;
-        let per_cpu: Vec<f64> = utilization(&self.previous, &now)
-            .into_iter()
-            .map(one_decimal)
-            .collect();
-        let overall = if per_cpu.is_empty() {
-            0.0
-        } else {
-            per_cpu.iter().sum::<f64>() / per_cpu.len() as f64
-        };
+        let per_cpu = utilization(&self.previous, &now);
         let ids: Vec<u32> = now.per_cpu.iter().map(|(id, _)| *id).collect();
         let span = now.all.since(&self.previous.all);
         let section = CpuSection {
             count: ids.len(),
-            overall_percent: overall,
             per_cpu_percent: per_cpu,
-            frequency: frequency(&self.host, &ids),
+            frequency: self.frequency.read(&ids, Instant::now()),
             ids,
             seconds: now.all,
             span,
@@ -256,7 +288,7 @@ impl Source for Cpu {
 /// The `cpu` section: numbers only; the views below shape them per format.
 pub struct CpuSection {
     count: usize,
-    overall_percent: f64,
+    /// Exact busy percent per online CPU; `seed` rounds them.
     per_cpu_percent: Vec<f64>,
     frequency: Frequency,
     ids: Vec<u32>,
@@ -272,15 +304,19 @@ impl Section for CpuSection {
         match format {
             Format::Seed => Box::new(SeedCpu {
                 count: self.count,
-                utilization: SeedUtilization {
-                    overall: self.overall_percent,
-                    per_cpu: &self.per_cpu_percent,
+                utilization: {
+                    // The original tool averaged the rounded per-CPU values.
+                    let per_cpu: Vec<f64> = self.per_cpu_percent.iter().map(|&p| one_decimal(p)).collect();
+                    SeedUtilization {
+                        overall: mean(&per_cpu),
+                        per_cpu,
+                    }
                 },
                 frequency: SeedFrequency(self.frequency),
             }),
             Format::Raw => Box::new(RawCpu {
                 count: self.count,
-                utilization_percent: one_decimal(self.overall_percent),
+                utilization_percent: mean(&self.per_cpu_percent),
                 per_cpu: self
                     .ids
                     .iter()
@@ -307,17 +343,25 @@ impl Section for CpuSection {
 }
 
 #[derive(Serialize)]
-struct SeedCpu<'a> {
+struct SeedCpu {
     count: usize,
-    utilization: SeedUtilization<'a>,
+    utilization: SeedUtilization,
     frequency: SeedFrequency,
 }
 
 #[derive(Serialize)]
-struct SeedUtilization<'a> {
+struct SeedUtilization {
     #[serde(serialize_with = "ser_one_decimal")]
     overall: f64,
-    per_cpu: &'a [f64],
+    per_cpu: Vec<f64>,
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
 }
 
 struct SeedFrequency(Frequency);
@@ -469,32 +513,41 @@ mod tests {
 
     #[test]
     fn frequency_is_the_mean_over_online_cpus_from_cpufreq() {
-        let host = HostFs::new(format!("{FIXTURES}/node_exporter"));
-        let f = frequency(&host, &[0, 1, 2, 3]);
+        let mut reader = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/node_exporter")));
+        let f = reader.read(&[0, 1, 2, 3], Instant::now());
         assert!((f.current_mhz - (1_699_981.0 * 2.0 + 8000.0 * 2.0) / 4000.0).abs() < 1e-9);
         assert_eq!((f.max_mhz, f.min_mhz), (3950.0, 400.5));
     }
 
     #[test]
     fn frequency_without_cpufreq_falls_back_to_cpuinfo_then_zero() {
-        let arm = HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037"));
-        assert_eq!(frequency(&arm, &[0]), Frequency::default());
-        let x86 = HostFs::new(format!("{FIXTURES}/prometheus_procfs"));
+        let mut arm = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037")));
+        assert_eq!(arm.read(&[0], Instant::now()), Frequency::default());
+        let mut x86 = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/prometheus_procfs")));
         let mhz = cpuinfo_mhz(
             &std::fs::read_to_string(format!("{FIXTURES}/prometheus_procfs/proc/cpuinfo")).unwrap(),
         );
         // cpu0's cpufreq is a dangling capture of a symlink, cpu1's directory is real.
         assert!(mhz.is_some());
-        let f = frequency(&x86, &[0, 1]);
+        let f = x86.read(&[0, 1], Instant::now());
         assert!(f.current_mhz > 0.0 && f.max_mhz > 0.0, "{f:?}");
+    }
+
+    #[test]
+    fn cpus_without_cpufreq_take_current_from_cpuinfo() {
+        // node_exporter captured cpufreq for cpu0-3 only; cpu4-7 have none.
+        let mut reader = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/node_exporter")));
+        let f = reader.read(&[4, 5], Instant::now());
+        let text = std::fs::read_to_string(format!("{FIXTURES}/node_exporter/proc/cpuinfo")).unwrap();
+        assert_eq!(f.current_mhz, cpuinfo_mhz(&text).unwrap());
+        assert_eq!((f.max_mhz, f.min_mhz), (0.0, 0.0));
     }
 
     #[test]
     fn seed_view_matches_the_original_shape() {
         let section = CpuSection {
             count: 2,
-            overall_percent: (27.6 + 51.0) / 2.0,
-            per_cpu_percent: vec![27.6, 51.0],
+            per_cpu_percent: vec![27.64, 50.96],
             frequency: Frequency {
                 current_mhz: 799.96,
                 max_mhz: 4800.0,

@@ -4,16 +4,23 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
-/// Installs the stderr logger; `RUST_LOG` overrides the default `info` level.
+/// Installs the stderr logger. `RUST_LOG` takes `level` or `target=level` directives
+/// (e.g. `debug` or `warn,pocketses=debug`); the default is `info`. `Targets` parses these
+/// without pulling a regex engine into a binary whose size is most of its memory.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .finish()
+        .with(filter)
         .try_init();
 }
 
