@@ -300,6 +300,46 @@ fn hooks_and_helper_scripts_are_executable_posix_sh() {
     );
 }
 
+/// One line per hook declared in snapcraft.yaml that has no file in `hooks_dir`.
+fn hooks_without_files(doc: &Value, hooks_dir: &Path) -> Vec<String> {
+    let Some(declared) = doc.get("hooks").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    declared
+        .keys()
+        .filter(|name| !hooks_dir.join(name).is_file())
+        .map(|name| {
+            format!(
+                "hook {name} is declared but {}/{name} is missing",
+                hooks_dir.display()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn declared_hooks_have_their_files() {
+    // snapcraft turns a declared hook without a file into a `#!/bin/true` stub: a
+    // configure hook like that would accept every `snap set`.
+    let hooks = repo("snap/hooks");
+    assert_eq!(
+        hooks_without_files(&snapcraft(), &hooks),
+        Vec::<String>::new()
+    );
+
+    let stub = parse(&format!(
+        "{}\nhooks:\n  no-such-hook: {{}}\n",
+        snapcraft_text()
+    ));
+    assert_eq!(
+        hooks_without_files(&stub, &hooks),
+        [format!(
+            "hook no-such-hook is declared but {}/no-such-hook is missing",
+            hooks.display()
+        )]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Interfaces and apps.
 
