@@ -1,7 +1,11 @@
 # Pocketses developer entry points. The two that matter on a fresh machine:
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
-.PHONY: run test lint bench
+# Snap: make snap (needs snapcraft with LXD or Multipass), then make install.
+.PHONY: run test lint bench snap install check-snap
+
+# snap needs root; use sudo only when not root already (CI and containers have no sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 run:
 	cargo run --release
@@ -15,3 +19,17 @@ lint:
 
 bench:
 	cargo bench --bench collect
+
+snap:
+	snapcraft pack
+
+# Installs the newest pocketses_*.snap built here, whatever its architecture.
+install:
+	@snap=$$(ls -t pocketses_*.snap 2>/dev/null | head -n 1); \
+	if [ -z "$$snap" ]; then echo "no pocketses_*.snap here: run 'make snap' first" >&2; exit 1; fi; \
+	echo "$(SUDO) snap install --dangerous $$snap"; \
+	$(SUDO) snap install --dangerous "$$snap"
+
+# What CI checks about snap/ without building it: schema, parts, hooks, apps, version.
+check-snap:
+	cargo test --test snap
