@@ -14,7 +14,10 @@ const ROUNDS: u32 = 20_000;
 
 /// CPU time of this thread, so other load on the machine does not count.
 fn thread_cpu() -> Duration {
-    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and a pointer to a live timespec.
     unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -39,7 +42,10 @@ fn floor() -> Duration {
     per_call(|| {
         for path in ["/proc/stat", "/proc/meminfo", "/proc/net/dev"] {
             buf.clear();
-            std::fs::File::open(path).unwrap().read_to_string(&mut buf).unwrap();
+            std::fs::File::open(path)
+                .unwrap()
+                .read_to_string(&mut buf)
+                .unwrap();
         }
     })
 }
@@ -69,7 +75,9 @@ fn agent_start_and_rss() -> (Duration, u64) {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let to_first = start.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let rss = rss_kib(child.id());
@@ -85,15 +93,24 @@ fn main() {
     let seed = collection(&all, Format::Seed);
     let raw = collection(&all, Format::Raw);
     println!("CPU per call (thread CPU time, mean of {ROUNDS}, best of 3 runs):");
-    println!("  floor: read /proc/stat, /proc/meminfo, /proc/net/dev  {:8.1} µs", us(floor));
+    println!(
+        "  floor: read /proc/stat, /proc/meminfo, /proc/net/dev  {:8.1} µs",
+        us(floor)
+    );
     println!(
         "  collect + encode cpu,memory,network (seed)          {:8.1} µs  = {:.2}x floor",
         us(seed),
         seed.as_secs_f64() / floor.as_secs_f64()
     );
-    println!("  collect + encode cpu,memory,network (raw)           {:8.1} µs", us(raw));
+    println!(
+        "  collect + encode cpu,memory,network (raw)           {:8.1} µs",
+        us(raw)
+    );
     for source in all {
-        println!("    {source:<8} alone (seed)                             {:8.1} µs", us(collection(&[source], Format::Seed)));
+        println!(
+            "    {source:<8} alone (seed)                             {:8.1} µs",
+            us(collection(&[source], Format::Seed))
+        );
     }
 
     let (to_first, rss) = agent_start_and_rss();
@@ -104,6 +121,11 @@ fn main() {
         pocketses::pipeline::warm_up(Duration::from_secs(60)).as_millis()
     );
     println!("  idle RSS: {:.2} MiB", rss as f64 / 1024.0);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pocketses")).unwrap().len();
-    println!("  binary size (stripped release profile): {:.2} MiB", size as f64 / (1 << 20) as f64);
+    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pocketses"))
+        .unwrap()
+        .len();
+    println!(
+        "  binary size (stripped release profile): {:.2} MiB",
+        size as f64 / (1 << 20) as f64
+    );
 }

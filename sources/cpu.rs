@@ -206,7 +206,10 @@ impl FrequencyReader {
             self.last.current_mhz = cpufreq_mean_mhz(&self.host, cpus, "scaling_cur_freq")
                 .or_else(|| cpufreq_mean_mhz(&self.host, cpus, "cpuinfo_cur_freq"))
                 .unwrap_or(0.0);
-        } else if self.cpuinfo_read.is_none_or(|t| now.duration_since(t) >= CPUINFO_REFRESH) {
+        } else if self
+            .cpuinfo_read
+            .is_none_or(|t| now.duration_since(t) >= CPUINFO_REFRESH)
+        {
             self.cpuinfo_read = Some(now);
             let text = self.host.read_trimmed("/proc/cpuinfo").unwrap_or_default();
             self.last.current_mhz = cpuinfo_mhz(&text).unwrap_or(0.0);
@@ -306,7 +309,11 @@ impl Section for CpuSection {
                 count: self.count,
                 utilization: {
                     // The original tool averaged the rounded per-CPU values.
-                    let per_cpu: Vec<f64> = self.per_cpu_percent.iter().map(|&p| one_decimal(p)).collect();
+                    let per_cpu: Vec<f64> = self
+                        .per_cpu_percent
+                        .iter()
+                        .map(|&p| one_decimal(p))
+                        .collect();
                     SeedUtilization {
                         overall: mean(&per_cpu),
                         per_cpu,
@@ -521,7 +528,8 @@ mod tests {
 
     #[test]
     fn frequency_without_cpufreq_falls_back_to_cpuinfo_then_zero() {
-        let mut arm = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037")));
+        let mut arm =
+            FrequencyReader::new(HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037")));
         assert_eq!(arm.read(&[0], Instant::now()), Frequency::default());
         let mut x86 = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/prometheus_procfs")));
         let mhz = cpuinfo_mhz(
@@ -538,7 +546,8 @@ mod tests {
         // node_exporter captured cpufreq for cpu0-3 only; cpu4-7 have none.
         let mut reader = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/node_exporter")));
         let f = reader.read(&[4, 5], Instant::now());
-        let text = std::fs::read_to_string(format!("{FIXTURES}/node_exporter/proc/cpuinfo")).unwrap();
+        let text =
+            std::fs::read_to_string(format!("{FIXTURES}/node_exporter/proc/cpuinfo")).unwrap();
         assert_eq!(f.current_mhz, cpuinfo_mhz(&text).unwrap());
         assert_eq!((f.max_mhz, f.min_mhz), (0.0, 0.0));
     }

@@ -150,7 +150,8 @@ fn ipv4_of(request: &libc::ifreq) -> Option<(String, Ipv4Addr)> {
         return None;
     }
     // SAFETY: an AF_INET sockaddr is a sockaddr_in, and sockaddr is at least as large.
-    let sin: libc::sockaddr_in = unsafe { std::ptr::read_unaligned((&addr as *const libc::sockaddr).cast()) };
+    let sin: libc::sockaddr_in =
+        unsafe { std::ptr::read_unaligned((&addr as *const libc::sockaddr).cast()) };
     let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
     Some((String::from_utf8_lossy(&name).into_owned(), ip))
 }
