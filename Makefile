@@ -2,7 +2,7 @@
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
 # Snap: make snap (needs snapcraft with LXD or Multipass), then make install.
-.PHONY: run test lint bench snap install check-snap
+.PHONY: run test lint bench soak snap install check-snap
 
 # snap needs root; use sudo only when not root already (CI and containers have no sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -19,6 +19,11 @@ lint:
 
 bench:
 	cargo bench --bench collect
+
+# Ten minutes at 100 snapshots/s with subscriber churn, a flooder, a stalled reader and
+# rotation; prints RSS and open descriptors over time. SOAK_SECONDS=60 for a short run.
+soak:
+	cargo bench --bench soak
 
 snap:
 	snapcraft pack
