@@ -27,8 +27,12 @@ struct ErrorResult {
 /// The `result` of a sync answer; an error answer becomes [`SnapdError::Api`], anything else
 /// a [`SnapdError::Protocol`] that quotes what was received.
 pub fn decode(status: u16, body: &[u8]) -> Result<Value, SnapdError> {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| protocol(format!("HTTP {status} without a snapd envelope ({e})"), body))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        protocol(
+            format!("HTTP {status} without a snapd envelope ({e})"),
+            body,
+        )
+    })?;
     match envelope.kind.as_str() {
         "sync" if status == 200 => Ok(envelope.result),
         "error" => {
@@ -47,10 +51,7 @@ pub fn decode(status: u16, body: &[u8]) -> Result<Value, SnapdError> {
             ),
             body,
         )),
-        other => Err(protocol(
-            format!("HTTP {status} with type {other:?}"),
-            body,
-        )),
+        other => Err(protocol(format!("HTTP {status} with type {other:?}"), body)),
     }
 }
 
@@ -110,7 +111,10 @@ pub(crate) mod tests {
                 status: 401,
                 message,
                 kind,
-            }) => assert_eq!((message.as_str(), kind.as_deref()), ("access denied", Some("login-required"))),
+            }) => assert_eq!(
+                (message.as_str(), kind.as_deref()),
+                ("access denied", Some("login-required"))
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -118,10 +122,16 @@ pub(crate) mod tests {
     #[test]
     fn other_answers_are_protocol_errors_quoting_what_came() {
         let e = decode(500, b"<html>oops</html>").unwrap_err().to_string();
-        assert!(e.contains("HTTP 500 without a snapd envelope") && e.contains("<html>oops"), "{e}");
-        let e = decode(202, br#"{"type":"async","status-code":202,"status":"Accepted","result":null,"change":"7"}"#)
-            .unwrap_err()
-            .to_string();
+        assert!(
+            e.contains("HTTP 500 without a snapd envelope") && e.contains("<html>oops"),
+            "{e}"
+        );
+        let e = decode(
+            202,
+            br#"{"type":"async","status-code":202,"status":"Accepted","result":null,"change":"7"}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("async answer (change 7)"), "{e}");
         let long = "x".repeat(5000);
         let e = decode(200, long.as_bytes()).unwrap_err().to_string();

@@ -12,11 +12,7 @@ use serde_json::Value;
 use super::{envelope, SnapdError, TIMEOUT};
 
 /// Sends a GET (no body) or a POST of `body` and returns the envelope's `result`.
-pub async fn request(
-    socket: &Path,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, SnapdError> {
+pub async fn request(socket: &Path, path: &str, body: Option<&Value>) -> Result<Value, SnapdError> {
     let shown = socket.display().to_string();
     let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange(socket, path, body))
         .await
@@ -31,11 +27,7 @@ pub async fn request(
 }
 
 /// The raw exchange; errors are the transport's, as text with their causes.
-async fn exchange(
-    socket: &Path,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Bytes), String> {
+async fn exchange(socket: &Path, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
     let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
     // snapd's Go server requires a Host header; its own client sends this one.
     let builder = Request::builder()

@@ -99,7 +99,16 @@ mod tests {
     fn snapctl_is_asked_for_each_top_level_key_once() {
         assert_eq!(
             top_level_keys(),
-            ["sources", "sinks", "port", "bind", "interval", "format", "max-clients", "file"]
+            [
+                "sources",
+                "sinks",
+                "port",
+                "bind",
+                "interval",
+                "format",
+                "max-clients",
+                "file"
+            ]
         );
     }
 
@@ -110,8 +119,14 @@ mod tests {
             "max-clients": "10", "file": {"max-size": "1M", "max-files": 3}
         }))
         .unwrap();
-        assert_eq!((c.sources, c.sinks), (vec!["cpu", "network"], vec!["stdout"]));
-        assert_eq!((c.port, c.interval.as_millis(), c.max_clients), (9001, 2500, 10));
+        assert_eq!(
+            (c.sources, c.sinks),
+            (vec!["cpu", "network"], vec!["stdout"])
+        );
+        assert_eq!(
+            (c.port, c.interval.as_millis(), c.max_clients),
+            (9001, 2500, 10)
+        );
         assert_eq!((c.file_max_size, c.file_max_files), (1 << 20, 3));
         assert_eq!(apply_json(json!({})).unwrap(), Config::default());
     }
@@ -158,20 +173,22 @@ mod tests {
             (1u64..=1024, prop_oneof![Just("K"), Just("M"), Just("G")]),
             1u32..=1000,
         )
-            .prop_map(|(src, snk, port, bind, int, fmt, mc, path, (n, unit), files)| {
-                vec![
-                    ("sources", src),
-                    ("sinks", snk),
-                    ("port", port.to_string()),
-                    ("bind", bind.to_string()),
-                    ("interval", int),
-                    ("format", fmt.to_string()),
-                    ("max-clients", mc.to_string()),
-                    ("file.path", path),
-                    ("file.max-size", format!("{n}{unit}")),
-                    ("file.max-files", files.to_string()),
-                ]
-            })
+            .prop_map(
+                |(src, snk, port, bind, int, fmt, mc, path, (n, unit), files)| {
+                    vec![
+                        ("sources", src),
+                        ("sinks", snk),
+                        ("port", port.to_string()),
+                        ("bind", bind.to_string()),
+                        ("interval", int),
+                        ("format", fmt.to_string()),
+                        ("max-clients", mc.to_string()),
+                        ("file.path", path),
+                        ("file.max-size", format!("{n}{unit}")),
+                        ("file.max-files", files.to_string()),
+                    ]
+                },
+            )
     }
 
     proptest! {
