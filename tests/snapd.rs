@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use snapd_support::fake::{raw_exchange, FakeSnapd, Mode};
+use snapd_support::fake::{raw_exchange, FakeSnapd, Mode, Recorded};
 use snapd_support::real::{self, snapctl, RealSnapd};
 use snapd_support::{pocketses, run, sections, Agent, TempDir};
 
@@ -55,6 +55,12 @@ fn assert_shows_seeded(stdout: &str) {
     }
 }
 
+fn only_request(fake: &FakeSnapd) -> Recorded {
+    let mut requests = fake.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    requests.remove(0)
+}
+
 #[test]
 fn check_reads_the_snapctl_route_with_the_cookie() {
     let dir = TempDir::new("snapctl");
@@ -67,9 +73,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
     assert_eq!(code, 0, "{stderr}");
     assert_shows_seeded(&stdout);
 
-    let requests = fake.requests();
-    assert_eq!(requests.len(), 1, "{requests:#?}");
-    let r = &requests[0];
+    let r = only_request(&fake);
     assert_eq!(
         (r.socket, r.method.as_str(), r.target.as_str()),
         ("snapd-snap.socket", "POST", "/v2/snapctl")
@@ -92,9 +96,7 @@ fn check_falls_back_to_the_conf_endpoint_without_a_cookie() {
     assert_eq!(code, 0, "{stderr}");
     assert_shows_seeded(&stdout);
 
-    let requests = fake.requests();
-    assert_eq!(requests.len(), 1, "{requests:#?}");
-    let r = &requests[0];
+    let r = only_request(&fake);
     // The instance name, and no `keys`: one unset key would fail a keyed request.
     assert_eq!(
         (r.socket, r.method.as_str(), r.target.as_str()),
@@ -195,7 +197,7 @@ fn snapd_failures_fail_check_and_leave_the_agent_on_defaults_and_flags() {
             "no socket",
             Mode::Normal,
             &[("POCKETSES_SNAP_SOCKET", &missing)],
-            "cannot reach snapd at",
+            "cannot talk to snapd at",
         ),
         (
             "401",
@@ -215,7 +217,7 @@ fn snapd_failures_fail_check_and_leave_the_agent_on_defaults_and_flags() {
             &[],
             "did not answer within 3 s",
         ),
-        ("closed", Mode::Close, &[], "cannot reach snapd at"),
+        ("closed", Mode::Close, &[], "cannot talk to snapd at"),
         (
             "non-JSON 500",
             Mode::NonJson500,

@@ -31,7 +31,7 @@ const DEFAULT_INSTANCE: &str = "pocketses";
 /// Why the snap configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapdError {
-    #[error("cannot reach snapd at {socket}: {reason}")]
+    #[error("cannot talk to snapd at {socket}: {reason}")]
     Unreachable { socket: String, reason: String },
     #[error("snapd at {socket} did not answer within {} s", TIMEOUT.as_secs())]
     Timeout { socket: String },

@@ -9,6 +9,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 /// Generous bound for anything a test waits for; reaching it is a failure, not a measurement.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -30,23 +33,27 @@ pub fn pocketses() -> Command {
     cmd
 }
 
-/// Runs `cmd` to completion, killing it (and failing) if it outlives [`PATIENCE`].
-pub fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the command");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > PATIENCE {
-            child.kill().unwrap();
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` to completion, killing it (and failing) if it outlives [`PATIENCE`].
+pub fn run(cmd: &mut Command) -> Output {
+    let child = spawn_piped(cmd);
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(PATIENCE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
             panic!("{cmd:?} did not finish within {PATIENCE:?}");
         }
-        thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
 }
 
 /// A running agent whose stdout and stderr lines arrive on channels.
@@ -58,12 +65,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(cmd: &mut Command) -> Agent {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pocketses");
+        let mut child = spawn_piped(cmd);
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
         Agent {
@@ -74,8 +76,7 @@ impl Agent {
     }
 
     pub fn sighup(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGHUP).unwrap();
     }
 
     /// The first stdout snapshot that passes `check`, skipping older ones.
