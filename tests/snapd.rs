@@ -449,13 +449,25 @@ fn the_stand_in_keeps_snapds_contract() {
     conf_contract(&fake.snapd_socket, &fake.snap_socket);
 }
 
-/// `snapctl set sources=memory` through the cookie, then SIGHUP: the agent's snapshots switch
-/// to memory only. (Any sink's agent works; the check reads the agent's stdout snapshots.)
-fn switch_sources_with_snapctl_and_sighup(agent: &Agent) {
-    let (ok, _, stderr) = snapctl(COOKIE, &["set", "sources=memory"]);
+/// `snapctl set sources=<sources>` through the cookie, then SIGHUP; returns once
+/// `next_snapshot` (stdout lines, or a TCP subscriber's lines: any sink works) yields a
+/// snapshot with exactly `expected` sections.
+fn switch_sources_with_snapctl_and_sighup(
+    agent: &Agent,
+    sources: &str,
+    expected: &[&str],
+    mut next_snapshot: impl FnMut() -> Value,
+) {
+    let (ok, _, stderr) = snapctl(COOKIE, &["set", &format!("sources={sources}")]);
     assert!(ok, "snapctl set: {stderr}");
     agent.sighup();
-    agent.snapshot_where("a memory-only snapshot", |s| sections(s) == ["memory"]);
+    // Bounded: next_snapshot waits at most PATIENCE per snapshot and 0.1 s ticks.
+    for _ in 0..1000 {
+        if sections(&next_snapshot()) == expected {
+            return;
+        }
+    }
+    panic!("no snapshot with sections {expected:?} after SIGHUP");
 }
 
 /// The configure hook with `SNAP/bin/pocketses` being the built binary; (success, stderr).
@@ -527,5 +539,7 @@ fn real_snapd_contract_configure_hook_and_reload() {
     agent.snapshot_where("a cpu+network snapshot", |s| {
         sections(s) == ["cpu", "network"]
     });
-    switch_sources_with_snapctl_and_sighup(&agent);
+    switch_sources_with_snapctl_and_sighup(&agent, "memory", &["memory"], || {
+        agent.snapshot_where("a snapshot", |_| true)
+    });
 }
