@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tokio::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Origin};
 use crate::hostfs::HostFs;
 use crate::pipeline::{warm_up, Collection, Pipeline};
 use crate::plugin::{Plugin, SinkPlugin, SourcePlugin};
+use crate::snapd::{values, Route, SnapdError};
 
 const USAGE_ERROR: u8 = 2;
 const RUNTIME_ERROR: u8 = 1;
@@ -94,16 +96,41 @@ impl Args {
     }
 }
 
+/// The effective configuration, and why the snap configuration is missing from it when it
+/// was wanted but snapd could not give it (the configuration then holds defaults and flags).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub snap_unavailable: Option<SnapdError>,
+}
+
+/// Whether to read the snap configuration: `--no-snap` skips, `--snap` forces, otherwise
+/// only inside a snap.
+fn wants_snap(args: &Args) -> bool {
+    !args.no_snap && (args.snap || std::env::var_os("SNAP_INSTANCE_NAME").is_some())
+}
+
 /// Builds the effective configuration: defaults, then snap configuration, then flags. All
-/// problems are reported, not just the first.
-pub fn load_config(args: &Args) -> Result<Config, Vec<ConfigError>> {
+/// invalid values are reported, not just the first.
+pub async fn load_config(args: &Args) -> Result<Loaded, Vec<ConfigError>> {
     let mut config = Config::default();
-    let errors: Vec<ConfigError> = args
-        .settings()
-        .filter_map(|(key, value)| config.set(key, value, Origin::Flag).err())
-        .collect();
+    let mut errors = Vec::new();
+    let mut snap_unavailable = None;
+    if wants_snap(args) {
+        match Route::from_env().read(&values::top_level_keys()).await {
+            Ok(document) => errors = values::apply(&mut config, &document),
+            Err(e) => snap_unavailable = Some(e),
+        }
+    }
+    errors.extend(
+        args.settings()
+            .filter_map(|(key, value)| config.set(key, value, Origin::Flag).err()),
+    );
     if errors.is_empty() {
-        Ok(config)
+        Ok(Loaded {
+            config,
+            snap_unavailable,
+        })
     } else {
         Err(errors)
     }
@@ -116,8 +143,33 @@ pub fn main() -> ExitCode {
         print!("{}", plugin_list());
         return ExitCode::SUCCESS;
     }
-    let config = match load_config(&args) {
-        Ok(config) => config,
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(RUNTIME_ERROR);
+        }
+    };
+    let config = match runtime.block_on(load_config(&args)) {
+        Ok(Loaded {
+            snap_unavailable: Some(e),
+            ..
+        }) if args.check => {
+            eprintln!("pocketses: cannot read the snap configuration: {e}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+        Ok(Loaded {
+            config,
+            snap_unavailable,
+        }) => {
+            if let Some(e) = snap_unavailable {
+                warn!("snap configuration not read ({e}); using the built-in defaults and command-line flags");
+            }
+            config
+        }
         Err(errors) => {
             for e in errors {
                 eprintln!("pocketses: {e}");
@@ -132,7 +184,7 @@ pub fn main() -> ExitCode {
     let result = if args.once {
         once(&config)
     } else {
-        serve(args, config)
+        serve(&runtime, args, config)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,10 +227,7 @@ fn once(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Runs the pipeline until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-fn serve(args: Args, config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn serve(runtime: &Runtime, args: Args, config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -207,9 +256,15 @@ fn serve(args: Args, config: Config) -> anyhow::Result<()> {
 }
 
 async fn reload(args: &Args, pipeline: &mut Pipeline) {
-    match load_config(args) {
-        Ok(config) if config == **pipeline.config() => info!("reload: configuration unchanged"),
-        Ok(config) => {
+    match load_config(args).await {
+        Ok(Loaded {
+            snap_unavailable: Some(e),
+            ..
+        }) => error!("reload refused, the running configuration stays: cannot read the snap configuration: {e}"),
+        Ok(Loaded { config, .. }) if config == **pipeline.config() => {
+            info!("reload: configuration unchanged")
+        }
+        Ok(Loaded { config, .. }) => {
             if let Err(e) = pipeline.reload(Arc::new(config)).await {
                 error!("reload: {e}");
             }

@@ -83,6 +83,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("file.max-files", "a whole number from 1 to 1000"),
 ];
 
+/// The keys that hold lists of names.
+pub const LIST_KEYS: &[&str] = &["sources", "sinks"];
+
 impl Default for Config {
     fn default() -> Self {
         let file_path = match std::env::var_os("SNAP_COMMON") {

@@ -15,6 +15,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod schedule;
+pub mod snapd;
 
 #[path = "../sources/mod.rs"]
 pub mod sources;
