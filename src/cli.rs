@@ -176,6 +176,7 @@ fn once(config: &Config) -> anyhow::Result<()> {
 
 /// Runs the pipeline until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+    crate::limits::raise_open_files();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
