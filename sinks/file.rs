@@ -77,7 +77,10 @@ impl Appender {
                 self.file.set_len(end - n as u64)?;
                 Err(io::Error::new(
                     io::ErrorKind::StorageFull,
-                    format!("only {n} of {} bytes fit", line.len()),
+                    format!(
+                        "disk full? only {n} of {} bytes written (cut off again)",
+                        line.len()
+                    ),
                 ))
             }
             Err(e) => Err(e),
@@ -107,7 +110,10 @@ impl FileSink {
     fn current(&mut self) -> anyhow::Result<&mut Appender> {
         if !self.file.as_ref().is_some_and(|f| f.is_at(&self.path)) {
             if self.file.take().is_some() {
-                info!("{} was removed or moved; recreating it", self.path.display());
+                info!(
+                    "{} was removed or moved; recreating it",
+                    self.path.display()
+                );
             }
             let file = Appender::open(&self.path)
                 .with_context(|| format!("reopening {}", self.path.display()))?;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use nix::sys::socket::sockopt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -43,6 +44,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Descriptors kept free for collection and the other sinks: a subscriber that would take
 /// one of them is refused.
 const FD_RESERVE: u64 = 32;
+/// The kernel's send buffer per subscriber (it doubles this). Fixed rather than autotuned
+/// (up to megabytes), so a subscriber that stops reading fills it within seconds and is
+/// dropped, and costs the host bounded memory meanwhile.
+const SEND_BUFFER: usize = 32 << 10;
 /// What a subscriber sends is read into this much memory, then discarded.
 const DISCARD_BUF: usize = 1024;
 /// How long closing subscribers may take to send their queued lines at shutdown.
@@ -284,6 +289,7 @@ async fn subscriber(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, _slo
         return;
     };
     let _ = stream.set_nodelay(true);
+    let _ = nix::sys::socket::setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
     debug!(%peer, "subscriber connected");
     match serve(&mut stream, latest, lines, &hub).await {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
