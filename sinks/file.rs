@@ -75,13 +75,10 @@ impl Appender {
             Ok(n) => {
                 let end = self.file.metadata()?.len();
                 self.file.set_len(end - n as u64)?;
-                Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!(
-                        "disk full? only {n} of {} bytes written (cut off again)",
-                        line.len()
-                    ),
-                ))
+                Err(io::Error::other(format!(
+                    "disk full? only {n} of {} bytes written (cut off again)",
+                    line.len()
+                )))
             }
             Err(e) => Err(e),
         };
