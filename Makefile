@@ -1,7 +1,7 @@
 # Pocketses developer entry points. The two that matter on a fresh machine:
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
-.PHONY: run test lint bench
+.PHONY: run test lint bench bench-publisher
 
 run:
 	cargo run --release
@@ -15,3 +15,6 @@ lint:
 
 bench:
 	cargo bench --bench collect
+
+bench-publisher:
+	cargo bench --bench publisher

@@ -120,8 +120,8 @@ impl Agent {
             .stderr(Stdio::piped());
         setup(&mut command);
         let mut child = command.spawn().expect("starting pocketses");
-        let stdout = Lines::collect(child.stdout.take().unwrap());
-        let stderr = Lines::collect(child.stderr.take().unwrap());
+        let stdout = child.stdout.take().map(Lines::collect).unwrap_or_default();
+        let stderr = child.stderr.take().map(Lines::collect).unwrap_or_default();
         Agent {
             child,
             stdout,
