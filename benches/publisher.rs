@@ -59,7 +59,8 @@ fn process_cpu(pid: i32) -> Duration {
 
 /// Milliseconds since the epoch of a snapshot line's `"timestamp":"YYYY-MM-DDTHH:MM:SS.mmmZ"`.
 fn timestamp_ms(line: &[u8]) -> Option<i64> {
-    let at = line.windows(14).position(|w| w == b"\"timestamp\":\"")? + 14;
+    const KEY: &[u8] = b"\"timestamp\":\"";
+    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let t = std::str::from_utf8(line.get(at..at + 24)?).ok()?;
     let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
