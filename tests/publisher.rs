@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,29 +15,38 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 
 use common::*;
 
-fn file_arg(path: &std::path::Path) -> String {
-    path.to_str().unwrap().to_string()
+/// Flags for `sinks` at one snapshot per `interval` seconds, the file sink writing `file`,
+/// the publisher on a free port, then `more`.
+fn file_args<'a>(
+    file: &'a Path,
+    sinks: &'a str,
+    interval: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--sinks", sinks, "--port", "0", "--interval", interval];
+    args.extend(["--file-path", file.to_str().unwrap()]);
+    args.extend_from_slice(more);
+    args
+}
+
+fn first_line(file: &Path) -> String {
+    wait_for("the first line in the file", || {
+        snapshot_lines(file).into_iter().next()
+    })
+}
+
+fn agent_writing(file: &Path, sinks: &str, interval: &str, more: &[&str]) -> Agent {
+    Agent::start(&file_args(file, sinks, interval, more))
 }
 
 #[test]
 fn earliest_subscriber_gets_the_first_snapshot() {
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let agent = Agent::start(&[
-        "--sinks",
-        "tcp,file",
-        "--port",
-        "0",
-        "--interval",
-        "2",
-        "--file-path",
-        &file_arg(&file),
-    ]);
+    let agent = agent_writing(&file, "tcp,file", "2", &[]);
     let mut subscriber = Subscriber::connect(agent.address());
     let first = subscriber.snapshot();
-    let written = wait_for("the first line in the file", || {
-        snapshot_lines(&file).into_iter().next()
-    });
+    let written = first_line(&file);
     assert_eq!(
         first, written,
         "the subscriber's first line is snapshot one"
@@ -48,19 +58,8 @@ fn a_new_subscriber_gets_the_latest_snapshot_at_once() {
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
     // The next snapshot is a minute away, so a line arriving sooner is the latest one.
-    let agent = Agent::start(&[
-        "--sinks",
-        "tcp,file",
-        "--port",
-        "0",
-        "--interval",
-        "60",
-        "--file-path",
-        &file_arg(&file),
-    ]);
-    let written = wait_for("the first line in the file", || {
-        snapshot_lines(&file).into_iter().next()
-    });
+    let agent = agent_writing(&file, "tcp,file", "60", &[]);
+    let written = first_line(&file);
     let mut late = Subscriber::connect(agent.address());
     assert_eq!(late.snapshot(), written);
 }
@@ -140,16 +139,7 @@ fn stalled_readers_are_dropped_and_delay_no_one() {
     let _heavy = heavy();
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let mut agent = Agent::start(&[
-        "--sinks",
-        "tcp,file",
-        "--port",
-        "0",
-        "--interval",
-        "0.01",
-        "--file-path",
-        &file_arg(&file),
-    ]);
+    let mut agent = agent_writing(&file, "tcp,file", "0.01", &[]);
     let addr = agent.address();
     let stallers: Vec<TcpStream> = (0..20).map(|_| tiny_window_connection(addr)).collect();
     let mut watcher = Subscriber::connect(addr);
@@ -209,19 +199,7 @@ fn beyond_max_clients_a_connection_gets_one_error_line() {
 fn running_out_of_descriptors_never_stops_collection() {
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let agent = Agent::start_with_fd_limit(
-        &[
-            "--sinks",
-            "tcp,file",
-            "--port",
-            "0",
-            "--interval",
-            "0.05",
-            "--file-path",
-            &file_arg(&file),
-        ],
-        64,
-    );
+    let agent = Agent::start_with_fd_limit(&file_args(&file, "tcp,file", "0.05", &[]), 64);
     let addr = agent.address();
     let crowd: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(addr).unwrap())
@@ -262,18 +240,12 @@ fn rotation_at_100_per_second_loses_splits_and_repeats_nothing() {
     let _heavy = heavy();
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let mut agent = Agent::start(&[
-        "--sinks",
+    let mut agent = agent_writing(
+        &file,
         "file,stdout",
-        "--interval",
         "0.01",
-        "--file-path",
-        &file_arg(&file),
-        "--file-max-size",
-        "4K",
-        "--file-max-files",
-        "4",
-    ]);
+        &["--file-max-size", "4K", "--file-max-files", "4"],
+    );
     wait_for("several rotations", || {
         (agent.stdout.len() >= 150 && dir.path("m.jsonl.4").exists()).then_some(())
     });
@@ -311,16 +283,7 @@ fn the_size_limit_counts_what_an_earlier_run_wrote() {
     let file = dir.path("m.jsonl");
     let earlier = format!("{{\"timestamp\":\"{}\"}}\n", "x".repeat(4000));
     std::fs::write(&file, &earlier).unwrap();
-    let _agent = Agent::start(&[
-        "--sinks",
-        "file",
-        "--interval",
-        "0.05",
-        "--file-path",
-        &file_arg(&file),
-        "--file-max-size",
-        "4K",
-    ]);
+    let _agent = agent_writing(&file, "file", "0.05", &["--file-max-size", "4K"]);
     let rotated = dir.path("m.jsonl.1");
     wait_for("the earlier file rotated", || {
         rotated.exists().then_some(())
@@ -341,18 +304,12 @@ fn tail_follows_across_rotations() {
     let _heavy = heavy();
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let mut agent = Agent::start(&[
-        "--sinks",
+    let mut agent = agent_writing(
+        &file,
         "file,stdout",
-        "--interval",
         "0.01",
-        "--file-path",
-        &file_arg(&file),
-        "--file-max-size",
-        "4K",
-        "--file-max-files",
-        "3",
-    ]);
+        &["--file-max-size", "4K", "--file-max-files", "3"],
+    );
     agent.wait_log("file sink appending");
     let mut tail = Command::new("tail")
         .args(["-n", "+1", "-F", "-s", "0.05"])
@@ -396,14 +353,7 @@ fn tail_follows_across_rotations() {
 fn a_removed_or_moved_file_is_recreated() {
     let dir = Scratch::new();
     let file = dir.path("m.jsonl");
-    let _agent = Agent::start(&[
-        "--sinks",
-        "file",
-        "--interval",
-        "0.05",
-        "--file-path",
-        &file_arg(&file),
-    ]);
+    let _agent = agent_writing(&file, "file", "0.05", &[]);
     let file_ref = &file;
     let has_lines = |n: usize| move || (snapshot_lines(file_ref).len() >= n).then_some(());
     wait_for("two lines", has_lines(2));
@@ -460,18 +410,7 @@ fn a_full_disk_drops_lines_for_the_file_only_and_writing_resumes() {
     let ballast = disk.0.path("ballast");
     std::fs::write(&ballast, vec![0u8; 24 << 10]).unwrap();
     let file = disk.0.path("m.jsonl");
-    let agent = Agent::start(&[
-        "--sinks",
-        "tcp,file",
-        "--port",
-        "0",
-        "--interval",
-        "0.02",
-        "--file-path",
-        &file_arg(&file),
-        "--file-max-size",
-        "1M",
-    ]);
+    let agent = agent_writing(&file, "tcp,file", "0.02", &["--file-max-size", "1M"]);
     let mut subscriber = Subscriber::connect(agent.address());
     agent.wait_log("publish failed");
     let full = snapshot_lines(&file).len();
@@ -490,16 +429,7 @@ fn sigterm_and_sigint_stop_cleanly() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         let dir = Scratch::new();
         let file = dir.path("m.jsonl");
-        let mut agent = Agent::start(&[
-            "--sinks",
-            "tcp,file",
-            "--port",
-            "0",
-            "--interval",
-            "0.01",
-            "--file-path",
-            &file_arg(&file),
-        ]);
+        let mut agent = agent_writing(&file, "tcp,file", "0.01", &[]);
         let mut subscriber = Subscriber::connect(agent.address());
         for _ in 0..5 {
             subscriber.snapshot();
