@@ -1,3 +1,5 @@
 //! Snapshot sinks, one file each. Each registers itself with `inventory::submit!`.
 
+mod file;
 mod stdout;
+mod tcp;

@@ -228,6 +228,7 @@ fn once(config: &Config) -> anyhow::Result<()> {
 
 /// Runs the pipeline until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 fn serve(runtime: &Runtime, args: Args, config: Config) -> anyhow::Result<()> {
+    crate::limits::raise_open_files();
     runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod encode;
 pub mod hostfs;
+pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod pipeline;

@@ -1,0 +1,310 @@
+//! Helpers shared by the integration tests: the real agent binary as a child process, plain
+//! TCP subscribers, scratch directories and polling with generous deadlines.
+
+#![allow(dead_code)] // each test binary uses its own part of these helpers
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before it fails: generous, as the machine is shared.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Serializes the tests that run the agent at 100 snapshots per second, so that on a small
+/// machine they do not starve each other into skipped ticks.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pocketses-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines a child wrote to one of its pipes, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(pipe: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    pub fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn find(&self, needle: &str) -> Option<String> {
+        (self.0.lock().unwrap().iter())
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+}
+
+/// The real `pocketses` binary, killed on drop.
+pub struct Agent {
+    child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with(args, |_| {})
+    }
+
+    /// Starts the agent after `setup` has adjusted the command (limits, environment).
+    pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Agent {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pocketses"));
+        command
+            .arg("--no-snap")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        setup(&mut command);
+        let mut child = command.spawn().expect("starting pocketses");
+        let stdout = child.stdout.take().map(Lines::collect).unwrap_or_default();
+        let stderr = child.stderr.take().map(Lines::collect).unwrap_or_default();
+        Agent {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Starts the agent with its open-files limit (soft and hard) lowered to `limit`.
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Agent {
+        Agent::start_with(args, |command| {
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(io::Error::from)
+                });
+            }
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The address the TCP publisher reports listening on.
+    pub fn address(&self) -> SocketAddr {
+        let line = self.wait_log("listening on");
+        let after = line.split("listening on ").nth(1).unwrap();
+        after.split(';').next().unwrap().parse().unwrap()
+    }
+
+    /// The first log line containing `needle`, waiting for it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.stderr.find(needle) {
+                return line;
+            }
+            let log = self.stderr.snapshot();
+            assert!(!self.exited(), "agent exited; its log: {log:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "no log line {needle:?}; the log: {log:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the child has exited (a zombie not yet reaped); `&self`, unlike `try_wait`.
+    fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the agent to exit (at most [`PATIENCE`]).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_for("the agent to exit", || self.child.try_wait().unwrap())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain TCP subscriber reading CRLF lines.
+pub struct Subscriber {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Subscriber {
+    pub fn connect(addr: SocketAddr) -> Subscriber {
+        Subscriber::from(TcpStream::connect(addr).expect("connecting to the publisher"))
+    }
+
+    pub fn from(stream: TcpStream) -> Subscriber {
+        Subscriber {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The next line with its terminator; `None` at EOF or reset. Fails the test after
+    /// [`PATIENCE`] without one.
+    pub fn line(&mut self) -> Option<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(String::from_utf8(line).expect("lines are UTF-8"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for a line");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 16 << 10];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading from the publisher: {e}"),
+            }
+        }
+    }
+
+    /// The next line, which must be a snapshot, without its CRLF.
+    pub fn snapshot(&mut self) -> String {
+        let line = self.line().expect("the publisher closed the connection");
+        let json = line
+            .strip_suffix("\r\n")
+            .unwrap_or_else(|| panic!("line not ending in CRLF: {line:?}"));
+        timestamp(json);
+        json.to_string()
+    }
+
+    /// Reads until EOF or reset; the number of bytes read.
+    pub fn drain_to_eof(&mut self) -> usize {
+        let mut total = self.buf.len();
+        while let Some(line) = self.line() {
+            total += line.len();
+        }
+        total + std::mem::take(&mut self.buf).len()
+    }
+}
+
+/// The `timestamp` of a snapshot line; panics if the line is not a snapshot.
+pub fn timestamp(line: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(line.trim_end())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    value["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp: {line:?}"))
+        .to_string()
+}
+
+/// The lines of a file, each checked to be a whole snapshot; the file must end in LF.
+pub fn snapshot_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} ends in a partial line",
+        path.display()
+    );
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for line in &lines {
+        timestamp(line);
+    }
+    lines
+}
+
+/// Where `part` occurs as a contiguous run in `whole`.
+pub fn position_of_run(whole: &[String], part: &[String]) -> Option<usize> {
+    let first = whole.iter().position(|l| Some(l) == part.first())?;
+    (whole.get(first..first + part.len()) == Some(part)).then_some(first)
+}
