@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -45,6 +45,9 @@ struct Appender {
     size: u64,
     dev: u64,
     ino: u64,
+    /// The file ended in half a line (a crash or power loss mid-write): it gets its newline
+    /// before our first line, so that line starts whole.
+    unterminated: bool,
 }
 
 impl Appender {
@@ -53,13 +56,22 @@ impl Appender {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
         let meta = file.metadata()?;
+        let mut last = [b'\n'];
+        if meta.len() > 0 {
+            file.read_exact_at(&mut last, meta.len() - 1)?;
+        }
         Ok(Appender {
             file,
             size: meta.len(),
             dev: meta.dev(),
             ino: meta.ino(),
+            unterminated: last[0] != b'\n',
         })
     }
 
@@ -68,8 +80,17 @@ impl Appender {
         std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (self.dev, self.ino))
     }
 
-    /// Appends `line` whole or not at all: a short write (disk full) is cut back off.
+    /// Appends `line` (ending the file's half line first, if it has one).
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.unterminated {
+            self.write_whole(b"\n")?;
+            self.unterminated = false;
+        }
+        self.write_whole(line)
+    }
+
+    /// Writes `line` whole or not at all: a short write (disk full) is cut back off.
+    fn write_whole(&mut self, line: &[u8]) -> io::Result<()> {
         let result = match self.file.write(line) {
             Ok(n) if n == line.len() => Ok(()),
             Ok(n) => {
