@@ -325,6 +325,20 @@ fn sighup_rereads_the_snap_configuration_and_refuses_a_bad_one() {
             assert_eq!(sections(&s), ["memory", "network"]);
         }
     }
+
+    // snapd restarts: while its sockets are gone a reload is refused, and the first reload
+    // once it is back applies what it now holds.
+    for socket in [&fake.snapd_socket, &fake.snap_socket] {
+        std::fs::remove_file(socket).unwrap();
+    }
+    agent.sighup();
+    let line = agent.log_line("reload refused");
+    assert!(line.contains("cannot talk to snapd"), "{line}");
+    let _restarted = FakeSnapd::start(&dir.0, json!({"sources": "cpu"}), COOKIE);
+    agent.sighup();
+    agent.snapshot_where("a cpu snapshot once snapd is back", |s| {
+        sections(s) == ["cpu"]
+    });
 }
 
 /// The snapd behaviour the stand-in imitates; run against both, so the stand-in cannot drift
