@@ -1,12 +1,14 @@
 //! The real binary's command line: one-shot output checked against this host's /proc,
 //! streaming to stdout, signals, exit codes and error messages.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
+use std::process::{Command, Output};
+
+use nix::sys::signal::Signal;
 use serde_json::Value;
+
+use common::{wait_for, Agent};
 
 fn pocketses() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pocketses"));
@@ -31,61 +33,6 @@ fn stdout_json(out: &Output) -> Value {
 
 fn keys(v: &Value) -> Vec<&str> {
     v.as_object().unwrap().keys().map(String::as_str).collect()
-}
-
-/// A running agent whose stdout lines arrive on a channel; killed on drop.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        let mut child = pocketses()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pocketses");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Agent { child, lines }
-    }
-
-    fn next_line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a snapshot line within 10 s")
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// Waits for exit (bounded), returning the status.
-    fn wait(&mut self) -> std::process::ExitStatus {
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("pocketses did not exit within 5 s");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn proc_meminfo_kb(key: &str) -> u64 {
@@ -150,24 +97,29 @@ fn streams_snapshots_to_stdout_until_sigterm() {
         "--sources",
         "memory",
     ]);
-    let stamps: Vec<String> = (0..6)
-        .map(|_| {
-            let v: Value = serde_json::from_str(&agent.next_line()).expect("each line is JSON");
+    let lines = wait_for("six snapshots on stdout", || {
+        let lines = agent.stdout.snapshot();
+        (lines.len() >= 6).then_some(lines)
+    });
+    let stamps: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).expect("each line is JSON");
             assert_eq!(keys(&v), ["timestamp", "memory"]);
             v["timestamp"].as_str().unwrap().to_string()
         })
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(agent.wait().code(), Some(0));
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
 }
 
 #[test]
 fn sigint_also_stops_cleanly() {
     let mut agent = Agent::start(&["--sinks", "stdout", "--interval", "0.05"]);
-    agent.next_line();
-    agent.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(agent.wait().code(), Some(0));
+    wait_for("a snapshot", || (agent.stdout.len() > 0).then_some(()));
+    agent.signal(Signal::SIGINT);
+    assert_eq!(agent.wait_exit().code(), Some(0));
 }
 
 #[test]
