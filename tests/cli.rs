@@ -3,23 +3,15 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use common::{wait_for, Agent};
-
-fn pocketses() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pocketses"));
-    // Keep a developer's snap environment from leaking into what these tests check.
-    cmd.env_remove("SNAP_INSTANCE_NAME")
-        .env_remove("SNAP_COOKIE");
-    cmd
-}
+use common::{pocketses, wait_for, Agent};
 
 fn run(args: &[&str]) -> Output {
-    pocketses().args(args).output().expect("run pocketses")
+    common::run(pocketses().args(args))
 }
 
 fn stdout_json(out: &Output) -> Value {

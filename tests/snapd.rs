@@ -2,17 +2,20 @@
 //! protocol, the stand-in's contract checked against a real snapd, the configure hook run
 //! for real, and SIGHUP re-reading the configuration.
 
+mod common;
 mod snapd_support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
+use common::{pocketses, run, Agent, Scratch};
 use snapd_support::fake::{raw_exchange, FakeSnapd, Mode, Recorded};
 use snapd_support::real::{self, snapctl, RealSnapd};
-use snapd_support::{pocketses, run, sections, Agent, TempDir};
+use snapd_support::sections;
 
 const COOKIE: &str = "TESTCOOKIE";
 
@@ -63,8 +66,8 @@ fn only_request(fake: &FakeSnapd) -> Recorded {
 
 #[test]
 fn check_reads_the_snapctl_route_with_the_cookie() {
-    let dir = TempDir::new("snapctl");
-    let fake = FakeSnapd::start(&dir.0, seeded(), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), seeded(), COOKIE);
     let (code, stdout, stderr) = check(
         against(&fake)
             .env("SNAP_COOKIE", COOKIE)
@@ -89,8 +92,8 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
 
 #[test]
 fn check_falls_back_to_the_conf_endpoint_without_a_cookie() {
-    let dir = TempDir::new("conf");
-    let fake = FakeSnapd::start(&dir.0, json!({}), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({}), COOKIE);
     fake.set_config_of("pocketses_two", seeded());
     let (code, stdout, stderr) = check(against(&fake).env("SNAP_INSTANCE_NAME", "pocketses_two"));
     assert_eq!(code, 0, "{stderr}");
@@ -107,8 +110,8 @@ fn check_falls_back_to_the_conf_endpoint_without_a_cookie() {
 
 #[test]
 fn flags_win_over_snap_values_which_win_over_defaults() {
-    let dir = TempDir::new("layers");
-    let fake = FakeSnapd::start(&dir.0, seeded(), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), seeded(), COOKIE);
     let (code, stdout, stderr) = check(
         against(&fake)
             .env("SNAP_COOKIE", COOKIE)
@@ -146,8 +149,8 @@ fn flags_win_over_snap_values_which_win_over_defaults() {
 
 #[test]
 fn invalid_snap_values_are_rejected_naming_key_and_value() {
-    let dir = TempDir::new("invalid");
-    let fake = FakeSnapd::start(&dir.0, json!({}), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({}), COOKIE);
     for (config, expected) in [
         (
             json!({"port": "abc"}),
@@ -187,9 +190,9 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
 
 #[test]
 fn snapd_failures_fail_check_and_leave_the_agent_on_defaults_and_flags() {
-    let dir = TempDir::new("failures");
-    let fake = FakeSnapd::start(&dir.0, seeded(), COOKIE);
-    let missing = dir.0.join("nothing-here.socket");
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), seeded(), COOKIE);
+    let missing = dir.path("nothing-here.socket");
     // (what, mode, an environment override, what the error says)
     type Case<'a> = (&'a str, Mode, &'a [(&'a str, &'a Path)], &'a str);
     let cases: [Case; 8] = [
@@ -273,8 +276,8 @@ fn snapd_failures_fail_check_and_leave_the_agent_on_defaults_and_flags() {
 
 #[test]
 fn help_version_and_list_never_ask_snapd() {
-    let dir = TempDir::new("help");
-    let fake = FakeSnapd::start(&dir.0, seeded(), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), seeded(), COOKIE);
     fake.set_mode(Mode::Close);
     for arg in ["--help", "--version", "--list"] {
         let out = run(against(&fake)
@@ -289,8 +292,8 @@ fn help_version_and_list_never_ask_snapd() {
 
 #[test]
 fn sighup_rereads_the_snap_configuration_and_refuses_a_bad_one() {
-    let dir = TempDir::new("sighup");
-    let fake = FakeSnapd::start(&dir.0, json!({"sources": "cpu"}), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"sources": "cpu"}), COOKIE);
     let agent = Agent::spawn(
         against(&fake)
             .env("SNAP_COOKIE", COOKIE)
@@ -300,7 +303,7 @@ fn sighup_rereads_the_snap_configuration_and_refuses_a_bad_one() {
     agent.snapshot_where("a cpu snapshot", |s| sections(s) == ["cpu"]);
 
     fake.set_config(json!({"sources": "memory,net"}));
-    agent.sighup();
+    agent.signal(Signal::SIGHUP);
     agent.snapshot_where("a memory+network snapshot", |s| {
         sections(s) == ["memory", "network"]
     });
@@ -317,8 +320,8 @@ fn sighup_rereads_the_snap_configuration_and_refuses_a_bad_one() {
         ),
     ] {
         change();
-        agent.sighup();
-        let line = agent.log_line("reload refused");
+        agent.signal(Signal::SIGHUP);
+        let line = agent.next_log("reload refused");
         assert!(line.contains(why), "{line}");
         for _ in 0..3 {
             let s = agent.snapshot_where("a snapshot", |_| true);
@@ -331,11 +334,11 @@ fn sighup_rereads_the_snap_configuration_and_refuses_a_bad_one() {
     for socket in [&fake.snapd_socket, &fake.snap_socket] {
         std::fs::remove_file(socket).unwrap();
     }
-    agent.sighup();
-    let line = agent.log_line("reload refused");
+    agent.signal(Signal::SIGHUP);
+    let line = agent.next_log("reload refused");
     assert!(line.contains("cannot talk to snapd"), "{line}");
-    let _restarted = FakeSnapd::start(&dir.0, json!({"sources": "cpu"}), COOKIE);
-    agent.sighup();
+    let _restarted = FakeSnapd::start(dir.dir(), json!({"sources": "cpu"}), COOKIE);
+    agent.signal(Signal::SIGHUP);
     agent.snapshot_where("a cpu snapshot once snapd is back", |s| {
         sections(s) == ["cpu"]
     });
@@ -458,8 +461,8 @@ fn conf_contract(snapd_socket: &Path, snap_socket: &Path) {
 
 #[test]
 fn the_stand_in_keeps_snapds_contract() {
-    let dir = TempDir::new("contract");
-    let fake = FakeSnapd::start(&dir.0, seeded(), COOKIE);
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), seeded(), COOKIE);
     conf_contract(&fake.snapd_socket, &fake.snap_socket);
 }
 
@@ -474,7 +477,7 @@ fn switch_sources_with_snapctl_and_sighup(
 ) {
     let (ok, _, stderr) = snapctl(COOKIE, &["set", &format!("sources={sources}")]);
     assert!(ok, "snapctl set: {stderr}");
-    agent.sighup();
+    agent.signal(Signal::SIGHUP);
     // Bounded: next_snapshot waits at most PATIENCE per snapshot and 0.1 s ticks.
     for _ in 0..1000 {
         if sections(&next_snapshot()) == expected {
@@ -515,10 +518,9 @@ fn real_snapd_contract_configure_hook_and_reload() {
     assert_shows_seeded(&stdout);
 
     // The configure hook: bad values fail it naming key and value; good ones pass.
-    let dir = TempDir::new("hook");
-    std::fs::create_dir(dir.0.join("bin")).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pocketses"), dir.0.join("bin/pocketses"))
-        .unwrap();
+    let dir = Scratch::new();
+    std::fs::create_dir(dir.path("bin")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pocketses"), dir.path("bin/pocketses")).unwrap();
     for (bad, good, expected) in [
         ("port=abc", "port=8888", r#"port: invalid value "abc""#),
         (
@@ -534,12 +536,12 @@ fn real_snapd_contract_configure_hook_and_reload() {
     ] {
         let (ok, _, stderr) = snapctl(COOKIE, &["set", bad]);
         assert!(ok, "snapctl set {bad}: {stderr}");
-        let (ok, stderr) = run_configure_hook(&dir.0);
+        let (ok, stderr) = run_configure_hook(dir.dir());
         assert!(!ok, "the hook accepted {bad}");
         assert!(stderr.contains(expected), "{bad}: {stderr}");
         assert!(snapctl(COOKIE, &["set", good]).0);
     }
-    let (ok, stderr) = run_configure_hook(&dir.0);
+    let (ok, stderr) = run_configure_hook(dir.dir());
     assert!(ok, "the hook refused a valid configuration: {stderr}");
 
     // snapctl set + SIGHUP reaches a running agent.

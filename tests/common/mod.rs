@@ -3,12 +3,14 @@
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,10 @@ impl Scratch {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for Scratch {
@@ -89,10 +95,57 @@ impl Lines {
         self.0.lock().unwrap().len()
     }
 
+    /// The first line at or after `*cursor` that passes `check`, moving the cursor past it.
+    pub fn next_where(&self, cursor: &Cell<usize>, check: impl Fn(&str) -> bool) -> Option<String> {
+        let lines = self.0.lock().unwrap();
+        let start = cursor.get().min(lines.len());
+        let found = lines[start..].iter().position(|l| check(l))?;
+        cursor.set(start + found + 1);
+        Some(lines[start + found].clone())
+    }
+
     pub fn find(&self, needle: &str) -> Option<String> {
         (self.0.lock().unwrap().iter())
             .find(|l| l.contains(needle))
             .cloned()
+    }
+}
+
+/// The real binary with a clean snap environment; callers add what their test needs.
+pub fn pocketses() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pocketses"));
+    for var in [
+        "SNAP",
+        "SNAP_COOKIE",
+        "SNAP_CONTEXT",
+        "SNAP_INSTANCE_NAME",
+        "SNAP_COMMON",
+        "POCKETSES_SNAP_SOCKET",
+        "POCKETSES_SNAPD_SOCKET",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs `command` to completion, killing it (and failing) if it outlives [`PATIENCE`].
+pub fn run(command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(PATIENCE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{command:?} did not finish within {PATIENCE:?}");
+        }
     }
 }
 
@@ -101,31 +154,41 @@ pub struct Agent {
     child: Child,
     pub stdout: Lines,
     pub stderr: Lines,
+    /// How far [`Agent::snapshot_where`] and [`Agent::next_log`] have read.
+    stdout_read: Cell<usize>,
+    stderr_read: Cell<usize>,
 }
 
 impl Agent {
+    /// Starts the agent with `args`, no snap configuration and info logs.
     pub fn start(args: &[&str]) -> Agent {
         Agent::start_with(args, |_| {})
     }
 
     /// Starts the agent after `setup` has adjusted the command (limits, environment).
     pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Agent {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pocketses"));
-        command
-            .arg("--no-snap")
-            .args(args)
-            .env("RUST_LOG", "info")
+        let mut command = pocketses();
+        command.arg("--no-snap").args(args).env("RUST_LOG", "info");
+        setup(&mut command);
+        Agent::spawn(&mut command)
+    }
+
+    /// Starts `command` as it is, collecting its stdout and stderr lines.
+    pub fn spawn(command: &mut Command) -> Agent {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        setup(&mut command);
-        let mut child = command.spawn().expect("starting pocketses");
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting pocketses");
         let stdout = child.stdout.take().map(Lines::collect).unwrap_or_default();
         let stderr = child.stderr.take().map(Lines::collect).unwrap_or_default();
         Agent {
             child,
             stdout,
             stderr,
+            stdout_read: Cell::new(0),
+            stderr_read: Cell::new(0),
         }
     }
 
@@ -172,6 +235,28 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The next stdout snapshot (after those already read this way) that passes `check`.
+    pub fn snapshot_where(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let line = wait_for(what, || {
+            self.stdout.next_where(&self.stdout_read, |line| {
+                serde_json::from_str(line).is_ok_and(|v| check(&v))
+            })
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// The next log line (after those already read this way) containing `needle`.
+    pub fn next_log(&self, needle: &str) -> String {
+        wait_for(needle, || {
+            self.stderr
+                .next_where(&self.stderr_read, |line| line.contains(needle))
+        })
     }
 
     /// Whether the child has exited (a zombie not yet reaped); `&self`, unlike `try_wait`.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::fake::raw_exchange;
-use super::PATIENCE;
+use crate::common::PATIENCE;
 
 pub const SNAPD: &str = "/usr/lib/snapd/snapd";
 pub const SNAPCTL: &str = "/usr/bin/snapctl";
