@@ -6,14 +6,15 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
 use common::{
-    heavy, position_of_run, snapshot_lines, timestamp, wait_for, Agent, Scratch, Subscriber,
+    heavy, position_of_run, rotated_lines, snapshot_lines, timestamp, wait_for, Agent, Scratch,
+    Subscriber,
 };
 
 /// A connection with a tiny receive window that never reads, so the agent's writes to it
@@ -113,17 +114,6 @@ fn a_storm_of_sighups_keeps_everyone_connected_and_every_line_whole() {
     assert_eq!(agent.wait_exit().code(), Some(0));
 }
 
-/// The current file and its rotated copies, oldest first: `.N`, ..., `.1`, current.
-fn all_files(file: &Path, max_files: u32) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = (1..=max_files)
-        .rev()
-        .map(|n| PathBuf::from(format!("{}.{n}", file.display())))
-        .filter(|p| p.exists())
-        .collect();
-    files.push(file.to_path_buf());
-    files
-}
-
 #[test]
 fn sigterm_in_the_middle_of_rotation_leaves_whole_lines_and_a_clean_restart() {
     let _heavy = heavy();
@@ -148,10 +138,9 @@ fn sigterm_in_the_middle_of_rotation_leaves_whole_lines_and_a_clean_restart() {
         std::thread::sleep(Duration::from_millis(150 + 70 * round));
         agent.signal(Signal::SIGTERM);
         assert_eq!(agent.wait_exit().code(), Some(0), "round {round}");
-        let stamps: Vec<String> = all_files(&file, 9)
+        let stamps: Vec<String> = rotated_lines(&file, 9)
             .iter()
-            .flat_map(|f| snapshot_lines(f))
-            .map(|l| timestamp(&l))
+            .map(|l| timestamp(l))
             .collect();
         assert!(stamps.len() > 3, "round {round}: {stamps:?}");
         assert!(

@@ -225,16 +225,6 @@ fn running_out_of_descriptors_never_stops_collection() {
 }
 
 /// Snapshots in file order: `.N` … `.1`, then the current file.
-fn rotated_lines(file: &std::path::Path, max_files: u32) -> Vec<String> {
-    let mut all = Vec::new();
-    for n in (1..=max_files).rev() {
-        let rotated = format!("{}.{n}", file.display());
-        all.extend(snapshot_lines(std::path::Path::new(&rotated)));
-    }
-    all.extend(snapshot_lines(file));
-    all
-}
-
 #[test]
 fn rotation_at_100_per_second_loses_splits_and_repeats_nothing() {
     let _heavy = heavy();

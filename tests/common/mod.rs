@@ -393,3 +393,17 @@ pub fn position_of_run(whole: &[String], part: &[String]) -> Option<usize> {
     let first = whole.iter().position(|l| Some(l) == part.first())?;
     (whole.get(first..first + part.len()) == Some(part)).then_some(first)
 }
+
+/// Every line of `file` and its rotated copies, oldest first: `.N`, ..., `.1`, then `file`;
+/// each checked to be a whole snapshot.
+pub fn rotated_lines(file: &Path, max_files: u32) -> Vec<String> {
+    let mut all = Vec::new();
+    for n in (1..=max_files).rev() {
+        all.extend(snapshot_lines(Path::new(&format!(
+            "{}.{n}",
+            file.display()
+        ))));
+    }
+    all.extend(snapshot_lines(file));
+    all
+}
