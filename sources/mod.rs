@@ -4,8 +4,8 @@
 //! `procfs`: procfs-core 0.18 rejects real captures in `tests/fixtures` (a `/proc/net/dev`
 //! whose counters touch the colon, meminfo without the Buffers or Swap lines) and its
 //! `/proc/stat` parser drops CPU ids, which offline CPUs make matter. They also stop
-//! reading where the section's data ends, which keeps a collection near the cost of the
-//! reads themselves.
+//! parsing where the section's data ends (the long `intr` line of `/proc/stat` is never
+//! split), which keeps a collection near the cost of the reads themselves.
 
 mod cpu;
 mod memory;
