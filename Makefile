@@ -2,7 +2,7 @@
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
 # Snap: make snap (needs snapcraft with LXD or Multipass), then make install.
-.PHONY: run test lint bench soak snap install check-snap
+.PHONY: run test lint bench soak fuzz snap install check-snap
 
 # snap needs root; use sudo only when not root already (CI and containers have no sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -27,6 +27,18 @@ bench:
 # rotation; prints RSS and open descriptors over time. SOAK_SECONDS=60 for a short run.
 soak:
 	cargo bench --bench soak
+
+# Coverage-guided fuzzing of setting values, the snap document and snapd's answers, each
+# target for FUZZ_SECONDS on one core; see fuzz/README.md. Needs `cargo install cargo-fuzz`;
+# RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's nightly-only flags.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config_set snap_values envelope
+fuzz:
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O -a $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 snap:
 	snapcraft pack

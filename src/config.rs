@@ -75,7 +75,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("format", "one of: seed, raw"),
     ("max-clients", "a whole number from 1 to 1000000"),
-    ("file.path", "a file path"),
+    (
+        "file.path",
+        "a file path without control characters such as line breaks",
+    ),
     (
         "file.max-size",
         "a size from 1K to 1T: bytes, or a number with a K, M or G suffix (1024-based)",
@@ -134,7 +137,10 @@ impl Config {
                 self.max_clients =
                     parse_in_range(v, 1, 1_000_000).ok_or_else(|| allowed(describe()))? as usize
             }
-            "file.path" if !v.is_empty() => self.file_path = PathBuf::from(v),
+            // A line break would split the path across `--check`'s `key=value` lines.
+            "file.path" if !v.is_empty() && !v.contains(char::is_control) => {
+                self.file_path = PathBuf::from(v)
+            }
             "file.path" => return Err(allowed(describe())),
             "file.max-size" => {
                 self.file_max_size = parse_size(v)
@@ -253,6 +259,7 @@ impl fmt::Display for Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn set(key: &str, value: &str) -> Result<Config, ConfigError> {
         let mut config = Config::default();
@@ -345,8 +352,61 @@ mod tests {
     }
 
     #[test]
+    fn file_paths_with_line_breaks_are_rejected() {
+        // Found by fuzz/config_set (seed file-path-newline): `--check` printed the path over
+        // two lines, the second looking like a setting of its own.
+        for bad in ["1\niB", "log\nport=1", "a\rb", "tab\there"] {
+            let e = set("file.path", bad).unwrap_err();
+            assert_eq!(e.allowed, describe("file.path").unwrap(), "{bad:?}");
+        }
+        let c = set("file.path", " /var/log/pocketses café.jsonl ").unwrap();
+        assert_eq!(c.file_path, PathBuf::from("/var/log/pocketses café.jsonl"));
+    }
+
+    #[test]
     fn unknown_keys_list_the_known_ones() {
         let e = set("colour", "blue").unwrap_err().to_string();
         assert!(e.contains("known settings: sources, sinks, port"), "{e}");
+    }
+
+    /// `--check`'s `key=value` lines given again as flags on top of the defaults.
+    fn reapply(described: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for line in described.lines() {
+            let (key, value) = line.split_once('=').unwrap_or((line, ""));
+            config.set(key, value, Origin::Flag)?;
+        }
+        Ok(config)
+    }
+
+    /// Text a user might give a setting: pieces of every valid form, and any characters.
+    fn value_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(any::<char>(), 0..16).prop_map(String::from_iter),
+            "[ ]?[+-]?[0-9]{0,6}([.][0-9]{0,3})?(e-?[0-9])?([kKmMgGtT]i?[bB]?)?[ ]?",
+            "\\[?[0-9a-f:.]{1,20}\\]?",
+            "((cpu|mem|net|tcp|file|stdout|seed|raw|x) ?,?){1,3}",
+            "[a-z0-9/.= \t\r\n]{1,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Whatever the key and the text: no panic, a rejection names both, and an accepted
+        /// value reads back the same from `--check`'s output.
+        #[test]
+        fn any_text_is_checked_and_accepted_values_read_back(
+            key in prop_oneof![
+                4 => proptest::sample::select(KEYS.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()),
+                1 => "[a-z.-]{0,12}",
+            ],
+            value in value_text(),
+        ) {
+            match set(&key, &value) {
+                Ok(config) => prop_assert_eq!(reapply(&config.describe()), Ok(config)),
+                Err(e) => prop_assert_eq!((e.key, e.value), (key, value)),
+            }
+        }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Both give the configuration as a JSON object; [`values::apply`] turns it into settings.
 
-mod envelope;
+// Public so the fuzz targets (fuzz/) can decode arbitrary answers.
+pub mod envelope;
 mod http;
 pub mod values;
 
