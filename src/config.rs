@@ -81,7 +81,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "file.max-size",
-        "a size from 1K to 1T: bytes, or a number with a K, M or G suffix (1024-based)",
+        "a size from 1K to 1T: bytes, or a number with a K, M, G or T suffix (1024-based)",
     ),
     ("file.max-files", "a whole number from 1 to 1000"),
 ];
@@ -224,7 +224,7 @@ pub fn parse_interval(s: &str) -> Option<Duration> {
     range.contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
-/// Bytes, or a number with a `K`, `M` or `G` suffix (1024-based, case-insensitive, an
+/// Bytes, or a number with a `K`, `M`, `G` or `T` suffix (1024-based, case-insensitive, an
 /// optional trailing `B` or `iB`).
 pub fn parse_size(s: &str) -> Option<u64> {
     let upper = s.to_ascii_uppercase();

@@ -133,7 +133,7 @@ fn bad_values_exit_2_and_name_key_value_and_what_is_allowed() {
         (&["--format", "xml"], &["format", "\"xml\"", "seed, raw"]),
         (
             &["--file-max-size", "10X"],
-            &["file.max-size", "\"10X\"", "K, M or G"],
+            &["file.max-size", "\"10X\"", "K, M, G or T"],
         ),
     ];
     for (args, needles) in cases {
