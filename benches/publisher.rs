@@ -1,6 +1,7 @@
 //! What publishing costs, measured on the real binary over loopback:
 //!
-//! - the floor: writing one 500-byte line to 1000 loopback sockets, in-process;
+//! - the floor: writing one snapshot-sized line to 1000 loopback sockets, in-process, at the
+//!   agent's pace and with its socket options;
 //! - the agent with 1000 subscribers at 10 snapshots/s: CPU per tick, delivery latency
 //!   (snapshot timestamp to receipt), RSS, and the share of snapshots each subscriber got;
 //! - the same with 10,000 subscribers;
@@ -17,20 +18,26 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::{Agent, Scratch};
 
 fn main() {
     raise_own_fd_limit();
-    let floor = floor(1000, 500);
-    println!("floor: one 500-byte line to 1000 loopback sockets: {floor:.2} ms CPU");
+    let size = snapshot_line_len();
+    let floor = floor(1000, size);
+    println!("floor: one {size}-byte line to 1000 loopback sockets, 10 times/s: {floor:.2} ms CPU");
     let one_k = subscribers(1000, Duration::from_secs(10));
     one_k.print(1000, Some(floor));
+    no_subscribers();
     let ten_k = subscribers(10_000, Duration::from_secs(5));
     ten_k.print(10_000, None);
     file_sink();
 }
+
+/// The publisher's send buffer per subscriber (`SEND_BUFFER` in `sinks/tcp.rs`).
+const SEND_BUFFER: usize = 32 << 10;
 
 fn raise_own_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -145,7 +152,19 @@ async fn read_all(
     seen
 }
 
-/// The in-process floor: CPU to write a `size`-byte line to `n` loopback sockets.
+/// The length of a real snapshot line as the publisher sends it, CRLF included.
+fn snapshot_line_len() -> usize {
+    let agent = Agent::start(&["--port", "0"]);
+    common::Subscriber::connect(agent.address())
+        .snapshot()
+        .len()
+        + 2
+}
+
+/// The in-process floor: CPU to write a `size`-byte line to `n` loopback sockets set up as
+/// the publisher sets up its subscribers. Rounds are as far apart as the agent's ticks: after
+/// 100 ms idle the sockets' kernel state is out of cache, and each write costs more than in
+/// back-to-back rounds.
 fn floor(n: usize, size: usize) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -154,6 +173,8 @@ fn floor(n: usize, size: usize) -> f64 {
             .map(|_| {
                 let (s, _) = listener.accept().unwrap();
                 s.set_nodelay(true).unwrap();
+                setsockopt(&s, sockopt::SndBuf, &SEND_BUFFER).unwrap();
+                s.set_nonblocking(true).unwrap();
                 s
             })
             .collect::<Vec<TcpStream>>()
@@ -161,15 +182,16 @@ fn floor(n: usize, size: usize) -> f64 {
     let readers = Readers::connect(addr, n);
     let mut sockets = acceptor.join().unwrap();
     let line = format!("{}\r\n", "x".repeat(size - 2));
-    let rounds = 50;
+    let rounds = 30;
     let mut cpu = Duration::ZERO;
     for _ in 0..rounds {
         let start = thread_cpu();
         for s in &mut sockets {
+            // The readers keep up, so the line always fits: a short write would panic here.
             std::io::Write::write_all(s, line.as_bytes()).unwrap();
         }
         cpu += thread_cpu() - start;
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(100));
     }
     drop(sockets);
     let _ = readers.done.join();
@@ -256,20 +278,33 @@ fn file_sink() {
     let path = dir.path("bench.jsonl");
     let path = path.to_str().unwrap();
     let run = |sinks: &str| {
-        let agent = Agent::start_with(
+        cpu_per_tick(
             &["--sinks", sinks, "--interval", "0.01", "--file-path", path],
-            |command| {
-                command.stdout(Stdio::null());
-            },
-        );
-        std::thread::sleep(Duration::from_secs(1));
-        let before = process_cpu(agent.pid());
-        std::thread::sleep(Duration::from_secs(5));
-        (process_cpu(agent.pid()) - before).as_secs_f64() * 1000.0 / 500.0
+            100,
+        )
     };
     let file = run("file");
     let stdout = run("stdout");
     println!(
         "file sink at 100/s: agent CPU {file:.3} ms/tick; with stdout to /dev/null instead: {stdout:.3} ms/tick"
     );
+}
+
+/// What the agent spends per tick besides writing to subscribers (collection, encoding,
+/// timers): the part of the publisher's number that the floor does not include.
+fn no_subscribers() {
+    let cpu = cpu_per_tick(&["--port", "0", "--interval", "0.1"], 10);
+    println!("no subscribers at 10/s: agent CPU {cpu:.3} ms/tick");
+}
+
+/// Agent CPU per tick over 5 s, after a second to settle, with stdout to /dev/null.
+fn cpu_per_tick(args: &[&str], ticks_per_second: u32) -> f64 {
+    let agent = Agent::start_with(args, |command| {
+        command.stdout(Stdio::null());
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = process_cpu(agent.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let ticks = 5 * ticks_per_second;
+    (process_cpu(agent.pid()) - before).as_secs_f64() * 1000.0 / f64::from(ticks)
 }
