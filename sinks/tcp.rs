@@ -302,7 +302,7 @@ async fn subscriber(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, _slo
 }
 
 /// Sends `latest`, then each new line, until the subscriber leaves or the feed ends. Reads
-/// and drops whatever the subscriber sends.
+/// and drops whatever the subscriber sends, until it half-closes.
 async fn serve(
     stream: &mut TcpStream,
     latest: Option<Bytes>,
@@ -314,12 +314,13 @@ async fn serve(
         send(&mut writer, &line, hub.stall_timeout()).await?;
     }
     let mut discard = [0u8; DISCARD_BUF];
+    // EOF only means the subscriber is done sending (`nc -N`, a script that closes its write
+    // side): it may still be reading. One that is gone for good makes the next write fail.
+    let mut sending = true;
     loop {
         tokio::select! {
-            read = reader.read(&mut discard) => {
-                if read? == 0 {
-                    return Ok(());
-                }
+            read = reader.read(&mut discard), if sending => {
+                sending = read? > 0;
             }
             line = lines.recv() => match line {
                 Ok(line) => send(&mut writer, &line, hub.stall_timeout()).await?,

@@ -214,3 +214,39 @@ fn after_kill_9_and_a_torn_line_the_next_start_continues_cleanly() {
         );
     }
 }
+
+#[test]
+fn a_half_closed_subscriber_keeps_receiving() {
+    let agent = Agent::start(&["--sinks", "tcp", "--port", "0", "--interval", "0.05"]);
+    let mut sub = Subscriber::connect(agent.address());
+    // Done talking, still listening: what `nc -N` or a script closing stdin does.
+    sub.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let stamps: Vec<String> = (0..5).map(|_| timestamp(&sub.snapshot())).collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+}
+
+#[test]
+fn a_subscriber_that_closes_entirely_is_let_go() {
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "tcp",
+        "--port",
+        "0",
+        "--interval",
+        "0.05",
+        "--max-clients",
+        "1",
+    ]);
+    let addr = agent.address();
+    let mut first = Subscriber::connect(addr);
+    first.snapshot();
+    drop(first);
+    // Its place is freed once a write to it fails, within a tick or two.
+    let mut next = wait_for("the only place to be free again", || {
+        let mut sub = Subscriber::connect(addr);
+        let line = sub.line()?;
+        (!line.contains("too many subscribers")).then_some(sub)
+    });
+    next.snapshot();
+    assert!(agent.is_running());
+}
