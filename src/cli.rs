@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError, Origin};
 use crate::hostfs::HostFs;
 use crate::pipeline::{warm_up, Collection, Pipeline};
-use crate::plugin::{Plugin, SinkPlugin, SourcePlugin};
+use crate::plugin::{self, Plugin, SinkPlugin, SourcePlugin};
 use crate::snapd::{values, Route, SnapdError};
 
 const USAGE_ERROR: u8 = 2;
@@ -201,10 +201,7 @@ pub fn plugin_list() -> String {
         out.push_str(title);
         out.push('\n');
         for p in P::all() {
-            let name = match p.aliases() {
-                [] => p.name().to_string(),
-                a => format!("{} ({})", p.name(), a.join(", ")),
-            };
+            let name = plugin::display_name(p);
             out.push_str(&format!("  {name:<20} {}\n", p.description()));
         }
     }

@@ -110,14 +110,19 @@ pub fn find<P: Plugin>(name: &str) -> Option<&'static P> {
         .find(|p| p.name() == name || p.aliases().contains(&name))
 }
 
+/// `memory (mem)`: a plugin's name with its aliases.
+pub fn display_name<P: Plugin>(p: &P) -> String {
+    match p.aliases() {
+        [] => p.name().to_string(),
+        aliases => format!("{} ({})", p.name(), aliases.join(", ")),
+    }
+}
+
 /// `cpu, memory (mem), network (net)`: the valid names, for error messages.
 pub fn valid_names<P: Plugin>() -> String {
     P::all()
-        .iter()
-        .map(|p| match p.aliases() {
-            [] => p.name().to_string(),
-            aliases => format!("{} ({})", p.name(), aliases.join(", ")),
-        })
+        .into_iter()
+        .map(display_name)
         .collect::<Vec<_>>()
         .join(", ")
 }
