@@ -5,45 +5,26 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
 use common::{
-    heavy, position_of_run, rotated_lines, snapshot_lines, timestamp, wait_for, Agent, Scratch,
-    Subscriber,
+    heavy, position_of_run, rotated_lines, snapshot_lines, timestamp, tiny_window_connection,
+    wait_for, Agent, Scratch, Subscriber,
 };
 
 /// A connection with a tiny receive window that never reads, so the agent's writes to it
 /// block, and that resets (SO_LINGER 0) when dropped.
 fn stalled_resetter(addr: SocketAddr) -> TcpStream {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    socket::setsockopt(&fd, sockopt::RcvBuf, &1024).unwrap();
-    socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )
-    .unwrap();
-    socket::setsockopt(
-        &fd,
-        sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
-    // SAFETY: the descriptor is handed over whole.
-    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
+    let stream = tiny_window_connection(addr);
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset).unwrap();
+    stream
 }
 
 fn fast_agent(file: &Path, extra: &[&str]) -> Agent {

@@ -4,14 +4,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 use common::*;
 
@@ -114,24 +112,6 @@ fn a_megabyte_blast_without_newline_costs_bounded_memory() {
         after < before + 4096,
         "RSS grew from {before} KiB to {after} KiB during a 16 MiB blast"
     );
-}
-
-/// A connected socket that has asked for the smallest receive buffer, so the agent's writes
-/// to it block as soon as it stops reading.
-fn tiny_window_connection(addr: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 expected")
-    };
-    let fd: OwnedFd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    socket::setsockopt(&fd, sockopt::RcvBuf, &1024).unwrap();
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
-    TcpStream::from(fd)
 }
 
 #[test]

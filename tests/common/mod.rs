@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 /// How long any wait in a test may take before it fails: generous, as the machine is shared.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -406,4 +409,22 @@ pub fn rotated_lines(file: &Path, max_files: u32) -> Vec<String> {
     }
     all.extend(snapshot_lines(file));
     all
+}
+
+/// A connected socket that has asked for the smallest receive buffer, so the agent's writes
+/// to it block as soon as it stops reading.
+pub fn tiny_window_connection(addr: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected")
+    };
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    socket::setsockopt(&fd, sockopt::RcvBuf, &1024).unwrap();
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+    TcpStream::from(fd)
 }
