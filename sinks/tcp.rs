@@ -4,9 +4,10 @@
 //! A line is built once per tick and shared (`Bytes`) through a small broadcast queue: a
 //! subscriber costs one task and one write per tick, and at most [`QUEUE`] queued lines. A
 //! subscriber that falls behind loses its oldest lines; one that stops reading is dropped
-//! after a timeout. Subscribers are read-only: what they send is read into a small buffer and
+//! after a timeout. Subscribers are read-only: what they send is read into a shared buffer and
 //! thrown away, so their window never blocks and their EOF is seen.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -18,8 +19,8 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::socket::sockopt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -48,8 +49,14 @@ const FD_RESERVE: u64 = 32;
 /// (up to megabytes), so a subscriber that stops reading fills it within seconds and is
 /// dropped, and costs the host bounded memory meanwhile.
 const SEND_BUFFER: usize = 32 << 10;
-/// What a subscriber sends is read into this much memory, then discarded.
-const DISCARD_BUF: usize = 1024;
+/// What subscribers send is read into one buffer of this size and dropped. One buffer serves
+/// them all (the runtime is single-threaded and a read completes within one poll), so it can
+/// be large: a flooding client then costs one read per 64 KiB, not one per KiB.
+const DISCARD_BUF: usize = 64 << 10;
+
+thread_local! {
+    static DISCARD: RefCell<Vec<u8>> = RefCell::new(vec![0; DISCARD_BUF]);
+}
 /// How long closing subscribers may take to send their queued lines at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
 
@@ -309,18 +316,18 @@ async fn serve(
     mut lines: broadcast::Receiver<Bytes>,
     hub: &Hub,
 ) -> io::Result<()> {
-    let (mut reader, mut writer) = stream.split();
+    let (reader, mut writer) = stream.split();
     if let Some(line) = latest {
         send(&mut writer, &line, hub.stall_timeout()).await?;
     }
-    let mut discard = [0u8; DISCARD_BUF];
     // EOF only means the subscriber is done sending (`nc -N`, a script that closes its write
     // side): it may still be reading. One that is gone for good makes the next write fail.
     let mut sending = true;
     loop {
         tokio::select! {
-            read = reader.read(&mut discard), if sending => {
-                sending = read? > 0;
+            ready = reader.readable(), if sending => {
+                ready?;
+                sending = discard(&reader)?;
             }
             line = lines.recv() => match line {
                 Ok(line) => send(&mut writer, &line, hub.stall_timeout()).await?,
@@ -329,6 +336,16 @@ async fn serve(
             },
         }
     }
+}
+
+/// Reads and drops what the subscriber has sent; `false` once it has half-closed.
+fn discard(reader: &ReadHalf<'_>) -> io::Result<bool> {
+    DISCARD.with_borrow_mut(|buf| match reader.try_read(buf) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    })
 }
 
 /// Writes one whole line, failing with `TimedOut` if the subscriber takes longer than
