@@ -11,8 +11,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use common::{
-    heavy, position_of_run, rotated_lines, snapshot_lines, timestamp, tiny_window_connection,
-    wait_for, Agent, Scratch, Subscriber,
+    agent_writing, file_args, heavy, position_of_run, rotated_lines, snapshot_lines, timestamp,
+    tiny_window_connection, wait_for, Agent, Scratch, Subscriber,
 };
 
 /// A connection with a tiny receive window that never reads, so the agent's writes to it
@@ -25,21 +25,6 @@ fn stalled_resetter(addr: SocketAddr) -> TcpStream {
     };
     nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset).unwrap();
     stream
-}
-
-fn fast_agent(file: &Path, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "--sinks",
-        "tcp,file",
-        "--port",
-        "0",
-        "--interval",
-        "0.01",
-        "--file-path",
-    ];
-    args.push(file.to_str().unwrap());
-    args.extend_from_slice(extra);
-    Agent::start(&args)
 }
 
 /// Reads `n` snapshots and checks they are one unbroken run of the file's lines.
@@ -60,7 +45,7 @@ fn subscribers_resetting_mid_write_cost_the_others_nothing() {
     let _heavy = heavy();
     let dir = Scratch::new();
     let file = dir.path("p.jsonl");
-    let mut agent = fast_agent(&file, &["--file-max-size", "1G"]);
+    let mut agent = agent_writing(&file, "tcp,file", "0.01", &["--file-max-size", "1G"]);
     let addr = agent.address();
     let mut steady = Subscriber::connect(addr);
     steady.snapshot();
@@ -81,7 +66,7 @@ fn a_storm_of_sighups_keeps_everyone_connected_and_every_line_whole() {
     let _heavy = heavy();
     let dir = Scratch::new();
     let file = dir.path("p.jsonl");
-    let mut agent = fast_agent(&file, &["--file-max-size", "1G"]);
+    let mut agent = agent_writing(&file, "tcp,file", "0.01", &["--file-max-size", "1G"]);
     let mut steady = Subscriber::connect(agent.address());
     steady.snapshot();
     for _ in 0..100 {
@@ -103,18 +88,7 @@ fn sigterm_in_the_middle_of_rotation_leaves_whole_lines_and_a_clean_restart() {
     // About three lines a file: at 100 snapshots/s something is always rotating.
     let args = ["--file-max-size", "2K", "--file-max-files", "9"];
     for round in 0..5u64 {
-        let mut agent = Agent::start(&[
-            "--sinks",
-            "file",
-            "--interval",
-            "0.01",
-            "--file-path",
-            file.to_str().unwrap(),
-            args[0],
-            args[1],
-            args[2],
-            args[3],
-        ]);
+        let mut agent = agent_writing(&file, "file", "0.01", &args);
         agent.wait_log("pocketses started");
         std::thread::sleep(Duration::from_millis(150 + 70 * round));
         agent.signal(Signal::SIGTERM);
@@ -135,14 +109,7 @@ fn sigterm_in_the_middle_of_rotation_leaves_whole_lines_and_a_clean_restart() {
 fn a_removed_directory_is_recreated_and_writing_goes_on() {
     let dir = Scratch::new();
     let file = dir.path("logs/p.jsonl");
-    let agent = Agent::start(&[
-        "--sinks",
-        "file",
-        "--interval",
-        "0.05",
-        "--file-path",
-        file.to_str().unwrap(),
-    ]);
+    let agent = agent_writing(&file, "file", "0.05", &[]);
     wait_for("the first line", || {
         (!snapshot_lines(&file).is_empty()).then_some(())
     });
@@ -159,8 +126,7 @@ fn a_removed_directory_is_recreated_and_writing_goes_on() {
 fn after_kill_9_and_a_torn_line_the_next_start_continues_cleanly() {
     let dir = Scratch::new();
     let file = dir.path("p.jsonl");
-    let path = file.to_str().unwrap();
-    let args = ["--sinks", "file", "--interval", "0.02", "--file-path", path];
+    let args = file_args(&file, "file", "0.02", &[]);
     let killed = Agent::start(&args);
     let before = wait_for("a few lines", || {
         let lines = snapshot_lines(&file);

@@ -15,26 +15,10 @@ use common::*;
 
 /// Flags for `sinks` at one snapshot per `interval` seconds, the file sink writing `file`,
 /// the publisher on a free port, then `more`.
-fn file_args<'a>(
-    file: &'a Path,
-    sinks: &'a str,
-    interval: &'a str,
-    more: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec!["--sinks", sinks, "--port", "0", "--interval", interval];
-    args.extend(["--file-path", file.to_str().unwrap()]);
-    args.extend_from_slice(more);
-    args
-}
-
 fn first_line(file: &Path) -> String {
     wait_for("the first line in the file", || {
         snapshot_lines(file).into_iter().next()
     })
-}
-
-fn agent_writing(file: &Path, sinks: &str, interval: &str, more: &[&str]) -> Agent {
-    Agent::start(&file_args(file, sinks, interval, more))
 }
 
 #[test]

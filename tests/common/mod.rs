@@ -428,3 +428,22 @@ pub fn tiny_window_connection(addr: SocketAddr) -> TcpStream {
     socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
     TcpStream::from(fd)
 }
+
+/// The flags for an agent writing `file` through `sinks` every `interval` seconds (the TCP
+/// publisher, if among them, on a free port), then `more`.
+pub fn file_args<'a>(
+    file: &'a Path,
+    sinks: &'a str,
+    interval: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--sinks", sinks, "--port", "0", "--interval", interval];
+    args.extend(["--file-path", file.to_str().unwrap()]);
+    args.extend_from_slice(more);
+    args
+}
+
+/// An agent started with [`file_args`].
+pub fn agent_writing(file: &Path, sinks: &str, interval: &str, more: &[&str]) -> Agent {
+    Agent::start(&file_args(file, sinks, interval, more))
+}
