@@ -358,7 +358,7 @@ impl Pipeline {
             .filter(|name| !self.config.sources.contains(name))
             .copied()
             .collect();
-        match NamedSource::build_all(&added, &HostFs::default()) {
+        self.config = match NamedSource::build_all(&added, &HostFs::default()) {
             Ok(fresh) => {
                 let _ = self.collector.send(Control::Apply {
                     sources: config.sources.clone(),
@@ -366,10 +366,19 @@ impl Pipeline {
                     format: config.format,
                     interval: config.interval,
                 });
+                config
             }
-            Err(e) => problems.push(format!("{e:#} (sources unchanged)")),
-        }
-        self.config = config;
+            Err(e) => {
+                problems.push(format!("{e:#} (collection unchanged)"));
+                // Remember what the collector still runs, so the next reload diffs from it.
+                Arc::new(Config {
+                    sources: self.config.sources.clone(),
+                    interval: self.config.interval,
+                    format: self.config.format,
+                    ..(*config).clone()
+                })
+            }
+        };
         if problems.is_empty() {
             info!("configuration reloaded");
             Ok(())
