@@ -155,10 +155,7 @@ impl Config {
                 return Err(ConfigError {
                     key: key.to_string(),
                     value: value.to_string(),
-                    allowed: format!(
-                        "unknown setting; known settings: {}",
-                        KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
-                    ),
+                    allowed: unknown_key(),
                     origin: Some(origin),
                 })
             }
@@ -182,6 +179,12 @@ impl Config {
             self.file_max_files,
         )
     }
+}
+
+/// What is allowed in place of a key that is not a setting.
+pub fn unknown_key() -> String {
+    let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    format!("unknown setting; known settings: {}", known.join(", "))
 }
 
 /// What `key` accepts, if it is a known key.

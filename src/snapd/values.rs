@@ -66,10 +66,7 @@ fn wrong_shape(key: &str, value: &Value) -> ConfigError {
     };
     let allowed = match config::describe(key) {
         Some(what) => format!("expected {expected}: {what}"),
-        None => format!(
-            "unknown setting; known settings: {}",
-            KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
-        ),
+        None => config::unknown_key(),
     };
     ConfigError {
         key: key.to_string(),
