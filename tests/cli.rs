@@ -8,7 +8,7 @@ use std::process::Output;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use common::{pocketses, wait_for, Agent};
+use common::{pocketses, wait_for, Agent, Subscriber};
 
 fn run(args: &[&str]) -> Output {
     common::run(pocketses().args(args))
@@ -230,5 +230,37 @@ fn help_and_version_work_anywhere() {
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         concat!("pocketses ", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The agent's log after one subscriber got a snapshot and SIGTERM stopped the agent, with
+/// `RUST_LOG` set to `rust_log` (unset for `None`).
+fn log_around_one_subscriber(rust_log: Option<&str>) -> Vec<String> {
+    let mut agent = Agent::start_with(&["--port", "0", "--interval", "0.1"], |command| {
+        match rust_log {
+            Some(directives) => command.env("RUST_LOG", directives),
+            None => command.env_remove("RUST_LOG"),
+        };
+    });
+    Subscriber::connect(agent.address()).snapshot();
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().success());
+    // Everything logged before "stopping" has been read once that line has.
+    agent.next_log("stopping");
+    agent.stderr.snapshot()
+}
+
+#[test]
+fn rust_log_debug_shows_subscribers_and_the_default_does_not() {
+    let logged = |log: &[String], needle: &str| log.iter().any(|l| l.contains(needle));
+    let debug = log_around_one_subscriber(Some("debug"));
+    assert!(
+        logged(&debug, "subscriber connected"),
+        "RUST_LOG=debug showed no debug line: {debug:#?}"
+    );
+    let default = log_around_one_subscriber(None);
+    assert!(
+        logged(&default, "pocketses started") && !logged(&default, "subscriber connected"),
+        "the default level is info: {default:#?}"
     );
 }
