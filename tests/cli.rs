@@ -264,3 +264,55 @@ fn rust_log_debug_shows_subscribers_and_the_default_does_not() {
         "the default level is info: {default:#?}"
     );
 }
+
+#[test]
+fn negative_and_infinite_numbers_get_the_settings_own_message() {
+    for (flag, key, value) in [
+        ("--interval", "interval", "-inf"),
+        ("--interval", "interval", "-1"),
+        ("--interval", "interval", "-0.5"),
+        ("--port", "port", "-1"),
+        ("--max-clients", "max-clients", "-1"),
+        ("--file-max-size", "file.max-size", "-5K"),
+        ("--file-max-files", "file.max-files", "-1"),
+    ] {
+        let out = run(&["--no-snap", "--check", flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        let expected = format!("{key}: invalid value \"{value}\" (from the command line): ");
+        let allowed = stderr.split(&expected).nth(1).unwrap_or("").trim();
+        assert!(
+            !allowed.is_empty(),
+            "{flag} {value}: want {expected:?} and what is allowed, got {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_names_every_size_suffix_and_what_once_does_with_sinks() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = |flag: &str| {
+        help.lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from --help"))
+            .to_string()
+    };
+    assert!(line("--file-max-size").contains("K/M/G/T"), "{help}");
+    assert!(line("--once").contains("whatever the sinks"), "{help}");
+}
+
+#[test]
+fn once_warns_that_it_ignores_sinks() {
+    let warning = "--sinks tcp,file is ignored";
+    let out = run(&["--no-snap", "--once", "--sinks", "tcp,file"]);
+    stdout_json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(warning),
+        "no warning about --sinks: {stderr}"
+    );
+    let out = run(&["--no-snap", "--once"]);
+    stdout_json(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("--sinks"));
+}
