@@ -563,23 +563,23 @@ fn copy_into(from: &Path, to: &Path) {
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
-/// Lays out in `prime` what snapcraft would prime for `doc`: the parts' files, snap/hooks in
+/// Lays out in `dir` what snapcraft would prime for `doc`: the parts' files, snap/hooks in
 /// meta/hooks, snap/gui in meta/gui, and meta/snap.yaml for this machine's architecture.
-fn prime(doc: &Value, prime: &Path) {
+fn prime(doc: &Value, dir: &Path) {
     for (path, source) in shipped(doc) {
-        copy_into(&source, &prime.join(path));
+        copy_into(&source, &dir.join(path));
     }
     for (assets, into) in [("snap/hooks", "meta/hooks"), ("snap/gui", "meta/gui")] {
         let assets = repo(assets);
         for file in files_under(&assets) {
             copy_into(
                 &file,
-                &prime.join(into).join(file.strip_prefix(&assets).unwrap()),
+                &dir.join(into).join(file.strip_prefix(&assets).unwrap()),
             );
         }
     }
     let yaml = serde_yaml_ng::to_string(&snap_yaml(doc, snap_arch())).expect("snap.yaml");
-    fs::write(prime.join("meta/snap.yaml"), yaml).expect("write meta/snap.yaml");
+    fs::write(dir.join("meta/snap.yaml"), yaml).expect("write meta/snap.yaml");
 }
 
 /// Whether `snap pack` can run here; otherwise skips.
@@ -598,9 +598,8 @@ fn snap_pack_available() -> bool {
     available
 }
 
-/// `snap pack` of `doc` primed in a scratch directory; the packed file's path on success.
-fn pack(doc: &Value) -> (Output, Option<PathBuf>) {
-    let dir = Scratch::new();
+/// `snap pack` of `doc` primed in `dir/prime`, and the snaps it wrote to `dir/out`.
+fn pack(doc: &Value, dir: &Scratch) -> (Output, Vec<PathBuf>) {
     prime(doc, &dir.path("prime"));
     let out = Command::new("snap")
         // lzo: a third less time than the default xz on the debug binary; the check is the
@@ -610,14 +609,7 @@ fn pack(doc: &Value) -> (Output, Option<PathBuf>) {
         .arg(dir.path("out"))
         .output()
         .expect("run snap pack");
-    let packed = files_under(&dir.path("out")).into_iter().next();
-    // Keep the .snap for the caller to inspect; the scratch directory goes on return.
-    let kept = packed.map(|snap| {
-        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(snap.file_name().unwrap());
-        fs::rename(&snap, &keep).expect("move the packed snap");
-        keep
-    });
-    (out, kept)
+    (out, files_under(&dir.path("out")))
 }
 
 #[test]
@@ -625,9 +617,12 @@ fn snap_pack_accepts_the_primed_snap() {
     if !snap_pack_available() {
         return;
     }
-    let (out, packed) = pack(&snapcraft());
+    let dir = Scratch::new();
+    let (out, packed) = pack(&snapcraft(), &dir);
     assert!(out.status.success(), "snap pack: {}", transcript(&out));
-    let packed = packed.expect("a .snap file");
+    let [packed] = &packed[..] else {
+        panic!("snap pack wrote {packed:?}, want one snap");
+    };
     assert_eq!(
         packed.file_name().unwrap().to_string_lossy(),
         format!(
@@ -638,7 +633,7 @@ fn snap_pack_accepts_the_primed_snap() {
     );
     let listing = Command::new("unsquashfs")
         .args(["-l", "-d", ""])
-        .arg(&packed)
+        .arg(packed)
         .output()
         .expect("run unsquashfs");
     let listing = String::from_utf8_lossy(&listing.stdout);
@@ -654,7 +649,6 @@ fn snap_pack_accepts_the_primed_snap() {
             "{file} is not in the snap: {listing}"
         );
     }
-    let _ = fs::remove_file(packed);
 }
 
 #[test]
@@ -676,9 +670,9 @@ fn snap_pack_refuses_a_misspelt_command_and_an_unknown_daemon_type() {
         ("daemon: simple", "daemon: simplex", "simplex"),
     ] {
         assert!(text.contains(good), "snapcraft.yaml no longer has {good:?}");
-        let (out, packed) = pack(&parse(&text.replacen(good, bad, 1)));
+        let (out, packed) = pack(&parse(&text.replacen(good, bad, 1)), &Scratch::new());
         assert!(
-            !out.status.success() && packed.is_none(),
+            !out.status.success() && packed.is_empty(),
             "snap pack accepted {bad:?}: {}",
             transcript(&out)
         );
