@@ -1,6 +1,7 @@
 # Pocketses developer entry points. The two that matter on a fresh machine:
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
+#                                          (and fail instead under CI=true)
 # Snap: make snap (needs snapcraft with LXD or Multipass), then make install.
 .PHONY: run test lint bench soak fuzz snap install check-snap
 
@@ -50,6 +51,7 @@ install:
 	echo "$(SUDO) snap install --dangerous $$snap"; \
 	$(SUDO) snap install --dangerous "$$snap"
 
-# What CI checks about snap/ without building it: schema, parts, hooks, apps, version.
+# What CI checks about snap/ without snapcraft: schema, parts, hooks, apps, version, and
+# `snap pack` of the layout snapcraft would prime (needs snapd and squashfs-tools).
 check-snap:
 	cargo test --test snap

@@ -21,6 +21,8 @@ const RUNTIME_ERROR: u8 = 1;
 
 /// Host metrics (CPU, memory, network) as one JSON document per interval, published to TCP
 /// subscribers, stdout and a rotated JSON-lines file.
+// The numeric settings take values that start with '-' (`--interval -inf`), so that the
+// setting's own check names the key, the value and what is allowed, as for any bad value.
 #[derive(Debug, Parser)]
 #[command(name = "pocketses", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
 pub struct Args {
@@ -31,30 +33,30 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     pub sinks: Option<String>,
     /// TCP port for subscribers; 0 picks a free one [default: 8888]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub port: Option<String>,
     /// Address the TCP publisher listens on [default: 127.0.0.1]
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
     /// Seconds between snapshots, fractions allowed, at least 0.01 [default: 60]
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     pub interval: Option<String>,
     /// Message encoding: seed or raw [default: seed]
     #[arg(long)]
     pub format: Option<String>,
     /// Most TCP subscribers at once [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_clients: Option<String>,
     /// JSON-lines file of the file sink [default: ./pocketses.jsonl, $SNAP_COMMON/pocketses.jsonl in a snap]
     #[arg(long, value_name = "PATH")]
     pub file_path: Option<String>,
-    /// Size at which the file is rotated, with K/M/G suffixes [default: 10M]
-    #[arg(long, value_name = "SIZE")]
+    /// Size at which the file is rotated: bytes, or K/M/G/T (1024-based) [default: 10M]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub file_max_size: Option<String>,
     /// Rotated files kept (.1 to .N) [default: 5]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub file_max_files: Option<String>,
-    /// Collect one snapshot, print it to stdout and exit
+    /// Collect one snapshot, print it to stdout and exit, whatever the sinks
     #[arg(long, conflicts_with_all = ["list", "check"])]
     pub once: bool,
     /// List the registered sources and sinks
@@ -182,6 +184,9 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = if args.once {
+        if let Some(sinks) = &args.sinks {
+            warn!("--once prints to stdout only; --sinks {sinks} is ignored");
+        }
         once(&config)
     } else {
         serve(&runtime, args, config)

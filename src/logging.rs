@@ -11,11 +11,14 @@ use tracing_subscriber::prelude::*;
 /// (e.g. `debug` or `warn,pocketses=debug`); the default is `info`. `Targets` parses these
 /// without pulling a regex engine into a binary whose size is most of its memory.
 pub fn init() {
+    // The fmt subscriber has its own maximum level (INFO unless told otherwise), which a
+    // layered filter can only lower: let it pass everything and leave the choice to `filter`.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|directives| directives.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)

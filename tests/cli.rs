@@ -8,7 +8,7 @@ use std::process::Output;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use common::{pocketses, wait_for, Agent};
+use common::{pocketses, wait_for, Agent, Subscriber};
 
 fn run(args: &[&str]) -> Output {
     common::run(pocketses().args(args))
@@ -231,4 +231,88 @@ fn help_and_version_work_anywhere() {
         String::from_utf8_lossy(&version.stdout).trim(),
         concat!("pocketses ", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// The agent's log after one subscriber got a snapshot and SIGTERM stopped the agent, with
+/// `RUST_LOG` set to `rust_log` (unset for `None`).
+fn log_around_one_subscriber(rust_log: Option<&str>) -> Vec<String> {
+    let mut agent = Agent::start_with(&["--port", "0", "--interval", "0.1"], |command| {
+        match rust_log {
+            Some(directives) => command.env("RUST_LOG", directives),
+            None => command.env_remove("RUST_LOG"),
+        };
+    });
+    Subscriber::connect(agent.address()).snapshot();
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().success());
+    // Everything logged before "stopping" has been read once that line has.
+    agent.next_log("stopping");
+    agent.stderr.snapshot()
+}
+
+#[test]
+fn rust_log_debug_shows_subscribers_and_the_default_does_not() {
+    let logged = |log: &[String], needle: &str| log.iter().any(|l| l.contains(needle));
+    let debug = log_around_one_subscriber(Some("debug"));
+    assert!(
+        logged(&debug, "subscriber connected"),
+        "RUST_LOG=debug showed no debug line: {debug:#?}"
+    );
+    let default = log_around_one_subscriber(None);
+    assert!(
+        logged(&default, "pocketses started") && !logged(&default, "subscriber connected"),
+        "the default level is info: {default:#?}"
+    );
+}
+
+#[test]
+fn negative_and_infinite_numbers_get_the_settings_own_message() {
+    for (flag, key, value) in [
+        ("--interval", "interval", "-inf"),
+        ("--interval", "interval", "-1"),
+        ("--interval", "interval", "-0.5"),
+        ("--port", "port", "-1"),
+        ("--max-clients", "max-clients", "-1"),
+        ("--file-max-size", "file.max-size", "-5K"),
+        ("--file-max-files", "file.max-files", "-1"),
+    ] {
+        let out = run(&["--no-snap", "--check", flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        let expected = format!("{key}: invalid value \"{value}\" (from the command line): ");
+        let allowed = stderr.split(&expected).nth(1).unwrap_or("").trim();
+        assert!(
+            !allowed.is_empty(),
+            "{flag} {value}: want {expected:?} and what is allowed, got {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_names_every_size_suffix_and_what_once_does_with_sinks() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = |flag: &str| {
+        help.lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from --help"))
+            .to_string()
+    };
+    assert!(line("--file-max-size").contains("K/M/G/T"), "{help}");
+    assert!(line("--once").contains("whatever the sinks"), "{help}");
+}
+
+#[test]
+fn once_warns_that_it_ignores_sinks() {
+    let warning = "--sinks tcp,file is ignored";
+    let out = run(&["--no-snap", "--once", "--sinks", "tcp,file"]);
+    stdout_json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(warning),
+        "no warning about --sinks: {stderr}"
+    );
+    let out = run(&["--no-snap", "--once"]);
+    stdout_json(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("--sinks"));
 }

@@ -252,7 +252,7 @@ fn the_size_limit_counts_what_an_earlier_run_wrote() {
 #[test]
 fn tail_follows_across_rotations() {
     if Command::new("tail").arg("--version").output().is_err() {
-        eprintln!("skipped: no `tail` on this machine");
+        skip("no `tail` on this machine");
         return;
     }
     let _heavy = heavy();
@@ -357,7 +357,7 @@ fn a_full_disk_drops_lines_for_the_file_only_and_writing_resumes() {
     let disk = match TinyDisk::mount() {
         Ok(disk) => disk,
         Err(why) => {
-            eprintln!("skipped: {why}");
+            skip(&why);
             return;
         }
     };
@@ -405,7 +405,7 @@ fn sigterm_and_sigint_stop_cleanly() {
 #[test]
 fn ipv6_loopback_works() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback here");
+        skip("no IPv6 loopback here (.ci/run enables it on lo)");
         return;
     }
     let agent = Agent::start(&["--bind", "::1", "--port", "0", "--interval", "0.1"]);

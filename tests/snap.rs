@@ -1,25 +1,25 @@
-//! The snap packaging, checked without building the snap (snapcraft needs LXD or Multipass):
+//! The snap packaging, checked without snapcraft (it needs LXD or Multipass):
 //! `snap/snapcraft.yaml` against the upstream schema with the real `check-jsonschema`, then
-//! what the schema cannot see (part keys, scripts, apps, version), and the daemon's
-//! reload-command run against the real agent.
+//! what the schema cannot see (part keys, scripts, apps, version), the layout snapcraft
+//! would prime packed by snapd's own `snap pack`, and the daemon's reload-command run
+//! against the real agent.
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::Duration;
+use std::process::{Command, Output};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use serde_json::Value;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
 
-/// Long enough for a loaded shared machine; only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(30);
+use common::{skip, Agent, Scratch};
+
 const RELOAD_SCRIPT: &str = "snap/local/bin/pocketses-reload";
+/// snapcraft's schema, kept in the repository so that every clone checks against it.
+const SCHEMA: &str = "tests/fixtures/snapcraft/snapcraft.schema.json";
 
 fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -35,14 +35,6 @@ fn parse(yaml: &str) -> Value {
 
 fn snapcraft() -> Value {
     parse(&snapcraft_text())
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snap-{name}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
 }
 
 /// Every file below `dir` (none when it does not exist).
@@ -63,22 +55,14 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Schema: the real check-jsonschema against the schema copy in ../shared.
+// Schema: the real check-jsonschema against the schema copy in tests/fixtures/snapcraft.
 
-/// The schema path when both it and check-jsonschema are there; otherwise says why not.
+/// The schema path when check-jsonschema is installed; otherwise skips.
 fn schema_and_tool() -> Option<PathBuf> {
-    let schema = repo("../shared/snap/snapcraft.schema.json");
-    if !schema.is_file() {
-        eprintln!(
-            "skipping: {} is missing (the shared/ folder beside the repo)",
-            schema.display()
-        );
-        return None;
-    }
     match check_jsonschema_command().arg("--version").output() {
-        Ok(out) if out.status.success() => Some(schema),
+        Ok(out) if out.status.success() => Some(repo(SCHEMA)),
         _ => {
-            eprintln!("skipping: check-jsonschema is not installed (pip install check-jsonschema==0.39.0, as .ci/run does)");
+            skip("check-jsonschema is not installed (pip install check-jsonschema==0.39.0, as .ci/run does)");
             None
         }
     }
@@ -124,12 +108,27 @@ fn snapcraft_yaml_passes_the_snapcraft_schema() {
 }
 
 #[test]
+fn schema_copy_is_the_file_its_source_note_describes() {
+    let out = Command::new("sha256sum")
+        .arg(repo(SCHEMA))
+        .output()
+        .expect("run sha256sum");
+    let digest = String::from_utf8_lossy(&out.stdout);
+    let digest = digest.split_whitespace().next().expect("a sha256 digest");
+    let note = fs::read_to_string(repo("tests/fixtures/snapcraft/SOURCE.md")).unwrap();
+    assert!(
+        note.contains(&format!("`{digest}`")),
+        "{SCHEMA} (sha256 {digest}) is not the file SOURCE.md describes: update the note"
+    );
+}
+
+#[test]
 fn schema_check_rejects_broken_copies_of_snapcraft_yaml() {
     let Some(schema) = schema_and_tool() else {
         return;
     };
     let text = snapcraft_text();
-    let dir = scratch("schema");
+    let dir = Scratch::new();
     let quoted_version = format!("version: '{}'", env!("CARGO_PKG_VERSION"));
     let breakages = [
         ("daemon: simple", "daemon: simpel"),
@@ -140,7 +139,7 @@ fn schema_check_rejects_broken_copies_of_snapcraft_yaml() {
     ];
     for (i, (good, bad)) in breakages.into_iter().enumerate() {
         assert!(text.contains(good), "snapcraft.yaml no longer has {good:?}");
-        let copy = dir.join(format!("broken-{i}.yaml"));
+        let copy = dir.path(&format!("broken-{i}.yaml"));
         fs::write(&copy, text.replacen(good, bad, 1)).expect("write broken copy");
         let out = check_jsonschema(&schema, &copy);
         assert!(
@@ -286,11 +285,11 @@ fn hooks_and_helper_scripts_are_executable_posix_sh() {
     let problems: Vec<String> = dirs.iter().flat_map(|d| script_problems(d)).collect();
     assert_eq!(problems, Vec::<String>::new());
 
-    let dir = scratch("scripts");
-    fs::write(dir.join("configure"), "#!/bin/sh\nexit 0\n").unwrap();
-    fs::write(dir.join("install"), "#!/bin/bash\nexit 0\n").unwrap();
-    fs::set_permissions(dir.join("install"), fs::Permissions::from_mode(0o755)).unwrap();
-    let problems = script_problems(&dir);
+    let dir = Scratch::new();
+    fs::write(dir.path("configure"), "#!/bin/sh\nexit 0\n").unwrap();
+    fs::write(dir.path("install"), "#!/bin/bash\nexit 0\n").unwrap();
+    fs::set_permissions(dir.path("install"), fs::Permissions::from_mode(0o755)).unwrap();
+    let problems = script_problems(dir.dir());
     assert!(
         problems
             .iter()
@@ -439,32 +438,40 @@ fn cargo_binaries() -> Vec<String> {
         .collect()
 }
 
-/// Every path the parts put into the snap that apps may name: `bin/<name>` for each cargo
-/// binary of a rust part, and each file of a dump part (renamed by `organize`).
-fn shipped(doc: &Value) -> BTreeSet<String> {
-    let mut paths = BTreeSet::new();
+/// Every file the parts put into the snap, as its path in the snap and where it comes from:
+/// `bin/<name>` for each cargo binary of a rust part (the ones this test run built), and each
+/// file of a dump part (renamed by `organize`).
+fn shipped(doc: &Value) -> BTreeMap<String, PathBuf> {
+    let built = Path::new(env!("CARGO_BIN_EXE_pocketses"));
+    let mut files = BTreeMap::new();
     for part in doc["parts"].as_object().unwrap().values() {
         let source = repo(part["source"].as_str().expect("part source"));
         match part["plugin"].as_str() {
-            Some("rust") => paths.extend(cargo_binaries().iter().map(|b| format!("bin/{b}"))),
+            Some("rust") => files.extend(
+                (cargo_binaries().into_iter())
+                    .map(|b| (format!("bin/{b}"), built.with_file_name(b))),
+            ),
             Some("dump") => {
                 for file in files_under(&source) {
                     let rel = file.strip_prefix(&source).unwrap().to_string_lossy();
                     let renamed = part["organize"][rel.as_ref()].as_str().unwrap_or(&rel);
-                    paths.insert(renamed.to_string());
+                    files.insert(renamed.to_string(), file.clone());
                 }
             }
             _ => {}
         }
     }
-    paths
+    files
 }
 
 #[test]
 fn every_app_command_is_a_file_the_snap_ships() {
     let doc = snapcraft();
     let shipped = shipped(&doc);
-    assert!(shipped.contains("bin/pocketses"), "shipped: {shipped:?}");
+    assert!(
+        shipped.contains_key("bin/pocketses"),
+        "shipped: {shipped:?}"
+    );
     for (name, app) in doc["apps"].as_object().expect("apps") {
         for key in [
             "command",
@@ -477,7 +484,7 @@ fn every_app_command_is_a_file_the_snap_ships() {
             };
             let program = command.split_whitespace().next().unwrap_or("");
             assert!(
-                shipped.contains(program),
+                shipped.contains_key(program),
                 "app {name}: {key} {command:?} names {program:?}, which no part ships ({shipped:?})"
             );
         }
@@ -485,98 +492,219 @@ fn every_app_command_is_a_file_the_snap_ships() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The reload-command itself, as systemd runs it: MAINPID set to the running agent.
+// Packing: the layout snapcraft would prime, packed by snapd's own `snap pack`, which
+// validates meta/snap.yaml and refuses a snap whose app commands are missing.
 
-/// Forwards each line of a child's pipe to a channel, so reads can time out.
-fn lines<R: std::io::Read + Send + 'static>(pipe: R) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
+/// Top-level snapcraft.yaml keys that snapcraft copies into meta/snap.yaml as they are.
+const SNAP_YAML_KEYS: &[&str] = &[
+    "name",
+    "title",
+    "version",
+    "summary",
+    "description",
+    "license",
+    "base",
+    "confinement",
+    "grade",
+    "apps",
+    "hooks",
+    "plugs",
+    "slots",
+    "layout",
+    "environment",
+    "epoch",
+    "assumes",
+];
 
-/// Waits for a line containing `needle`, returning the lines seen until then.
-fn wait_for(rx: &Receiver<String>, needle: &str) -> Result<String, Vec<String>> {
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(PATIENCE) {
-            Ok(line) if line.contains(needle) => return Ok(line),
-            Ok(line) => seen.push(line),
-            Err(_) => return Err(seen),
-        }
+/// Keys that tell snapcraft how to build; meta/snap.yaml has none of them (`platforms`
+/// becomes the `architectures` of the one being built).
+const SNAPCRAFT_ONLY_KEYS: &[&str] = &[
+    "parts",
+    "platforms",
+    "adopt-info",
+    "build-base",
+    "package-repositories",
+];
+
+/// This machine's architecture as snaps name it.
+fn snap_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        "riscv64" => "riscv64",
+        "s390x" => "s390x",
+        "powerpc64" => "ppc64el",
+        other => panic!("no snap architecture known for {other}"),
     }
 }
 
-struct Agent {
-    child: Child,
-    stdout: Receiver<String>,
-    stderr: Receiver<String>,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pocketses"))
-            .args(["--no-snap", "--sinks", "stdout", "--interval", "0.2"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pocketses");
-        let stdout: ChildStdout = child.stdout.take().unwrap();
-        let stderr: ChildStderr = child.stderr.take().unwrap();
-        Agent {
-            child,
-            stdout: lines(stdout),
-            stderr: lines(stderr),
+/// meta/snap.yaml as snapcraft writes it when building `doc` for `arch`.
+fn snap_yaml(doc: &Value, arch: &str) -> Value {
+    let mut meta = serde_json::Map::new();
+    for (key, value) in doc.as_object().expect("snapcraft.yaml is a mapping") {
+        if SNAP_YAML_KEYS.contains(&key.as_str()) {
+            meta.insert(key.clone(), value.clone());
+        } else {
+            assert!(
+                SNAPCRAFT_ONLY_KEYS.contains(&key.as_str()),
+                "snapcraft.yaml key {key:?}: add it to SNAP_YAML_KEYS or SNAPCRAFT_ONLY_KEYS"
+            );
         }
     }
-
-    fn next_snapshot(&self) -> String {
-        let line = self
-            .stdout
-            .recv_timeout(PATIENCE)
-            .expect("a snapshot on stdout");
-        assert!(line.starts_with("{\"timestamp\""), "not a snapshot: {line}");
-        line
-    }
+    meta.insert("architectures".into(), json!([arch]));
+    Value::Object(meta)
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Copies `from` to `to`, creating `to`'s directory; the mode (executable bits) comes along.
+fn copy_into(from: &Path, to: &Path) {
+    fs::create_dir_all(to.parent().unwrap()).expect("create directory in prime");
+    fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+}
+
+/// Lays out in `dir` what snapcraft would prime for `doc`: the parts' files, snap/hooks in
+/// meta/hooks, snap/gui in meta/gui, and meta/snap.yaml for this machine's architecture.
+fn prime(doc: &Value, dir: &Path) {
+    for (path, source) in shipped(doc) {
+        copy_into(&source, &dir.join(path));
+    }
+    for (assets, into) in [("snap/hooks", "meta/hooks"), ("snap/gui", "meta/gui")] {
+        let assets = repo(assets);
+        for file in files_under(&assets) {
+            copy_into(
+                &file,
+                &dir.join(into).join(file.strip_prefix(&assets).unwrap()),
+            );
+        }
+    }
+    let yaml = serde_yaml_ng::to_string(&snap_yaml(doc, snap_arch())).expect("snap.yaml");
+    fs::write(dir.join("meta/snap.yaml"), yaml).expect("write meta/snap.yaml");
+}
+
+/// Whether `snap pack` can run here; otherwise skips.
+fn snap_pack_available() -> bool {
+    // Not `snap version`: it retries a stale /run/snapd.socket for 25 s.
+    let runs = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let available = runs("snap", &["pack", "--help"]) && runs("mksquashfs", &["-version"]);
+    if !available {
+        skip("`snap pack` needs snap and mksquashfs (apt-get install snapd squashfs-tools, as .ci/run does)");
+    }
+    available
+}
+
+/// `snap pack` of `doc` primed in `dir/prime`, and the snaps it wrote to `dir/out`.
+fn pack(doc: &Value, dir: &Scratch) -> (Output, Vec<PathBuf>) {
+    prime(doc, &dir.path("prime"));
+    let out = Command::new("snap")
+        // lzo: a third less time than the default xz on the debug binary; the check is the
+        // same.
+        .args(["pack", "--compression=lzo"])
+        .arg(dir.path("prime"))
+        .arg(dir.path("out"))
+        .output()
+        .expect("run snap pack");
+    (out, files_under(&dir.path("out")))
+}
+
+#[test]
+fn snap_pack_accepts_the_primed_snap() {
+    if !snap_pack_available() {
+        return;
+    }
+    let dir = Scratch::new();
+    let (out, packed) = pack(&snapcraft(), &dir);
+    assert!(out.status.success(), "snap pack: {}", transcript(&out));
+    let [packed] = &packed[..] else {
+        panic!("snap pack wrote {packed:?}, want one snap");
+    };
+    assert_eq!(
+        packed.file_name().unwrap().to_string_lossy(),
+        format!(
+            "pocketses_{}_{}.snap",
+            env!("CARGO_PKG_VERSION"),
+            snap_arch()
+        )
+    );
+    let listing = Command::new("unsquashfs")
+        .args(["-l", "-d", ""])
+        .arg(packed)
+        .output()
+        .expect("run unsquashfs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "/bin/pocketses",
+        "/bin/pocketses-reload",
+        "/meta/snap.yaml",
+        "/meta/hooks/configure",
+        "/meta/gui/icon.png",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == file),
+            "{file} is not in the snap: {listing}"
+        );
     }
 }
 
 #[test]
+fn snap_pack_refuses_a_misspelt_command_and_an_unknown_daemon_type() {
+    if !snap_pack_available() {
+        return;
+    }
+    let text = snapcraft_text();
+    let reload = format!(
+        "reload-command: {}",
+        RELOAD_SCRIPT.trim_start_matches("snap/local/")
+    );
+    for (good, bad, named) in [
+        (
+            reload.as_str(),
+            "reload-command: bin/pocketses-reloa",
+            "bin/pocketses-reloa",
+        ),
+        ("daemon: simple", "daemon: simplex", "simplex"),
+    ] {
+        assert!(text.contains(good), "snapcraft.yaml no longer has {good:?}");
+        let (out, packed) = pack(&parse(&text.replacen(good, bad, 1)), &Scratch::new());
+        assert!(
+            !out.status.success() && packed.is_empty(),
+            "snap pack accepted {bad:?}: {}",
+            transcript(&out)
+        );
+        assert!(
+            transcript(&out).contains(named),
+            "{bad:?}: {}",
+            transcript(&out)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The reload-command itself, as systemd runs it: MAINPID set to the running agent.
+
+#[test]
 fn reload_command_makes_the_running_agent_reload_in_place() {
-    let mut agent = Agent::start();
-    let pid = agent.child.id();
-    agent.next_snapshot();
+    let mut agent = Agent::start(&["--sinks", "stdout", "--interval", "0.2"]);
+    agent.snapshot_where("a snapshot", |_| true);
 
     let out = Command::new(repo(RELOAD_SCRIPT))
-        .env("MAINPID", pid.to_string())
+        .env("MAINPID", agent.pid().to_string())
         .output()
         .expect("run the reload script");
     assert!(out.status.success(), "reload script: {}", transcript(&out));
 
-    if let Err(seen) = wait_for(&agent.stderr, "reload") {
-        panic!("the agent logged no reload after SIGHUP; its log: {seen:?}");
-    }
-    assert!(
-        agent.child.try_wait().unwrap().is_none(),
-        "SIGHUP ended the agent"
-    );
+    agent.next_log("reload");
+    assert!(agent.is_running(), "SIGHUP ended the agent");
     // Still publishing after the reload, i.e. the same process carries on.
-    agent.next_snapshot();
+    agent.snapshot_where("a snapshot after the reload", |_| true);
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM the agent");
-    let status = agent.child.wait().expect("wait for the agent");
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit();
     assert!(status.success(), "agent after SIGTERM: {status}");
 }
 

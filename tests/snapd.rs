@@ -503,7 +503,7 @@ fn run_configure_hook(snap: &Path) -> (bool, String) {
 #[test]
 fn real_snapd_contract_configure_hook_and_reload() {
     if let Some(why) = real::unavailable() {
-        eprintln!("skipping the real snapd test: {why}");
+        common::skip(&format!("the real snapd test: {why}"));
         return;
     }
     let _snapd = RealSnapd::start_seeded(seeded(), COOKIE);
