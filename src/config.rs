@@ -38,6 +38,26 @@ pub struct ConfigError {
     pub origin: Option<Origin>,
 }
 
+/// How many rejected settings are shown one by one; the rest are counted.
+pub const MAX_SHOWN_ERRORS: usize = 20;
+
+/// One line per rejected setting, at most [`MAX_SHOWN_ERRORS`] of them and a count of the
+/// rest: an answer from snapd of 1 MiB can hold 90,000 unknown keys, which made 17 MB of
+/// messages.
+pub fn error_lines(errors: &[ConfigError]) -> Vec<String> {
+    let mut lines: Vec<String> = (errors.iter().take(MAX_SHOWN_ERRORS))
+        .map(ToString::to_string)
+        .collect();
+    if let Some(more) = errors
+        .len()
+        .checked_sub(MAX_SHOWN_ERRORS)
+        .filter(|&n| n > 0)
+    {
+        lines.push(format!("… and {more} more invalid settings"));
+    }
+    lines
+}
+
 fn origin_text(origin: Option<Origin>) -> &'static str {
     match origin {
         Some(Origin::Snap) => " (from snap configuration)",

@@ -649,3 +649,18 @@ fn keys_from_snapd_are_quoted_when_not_plain_and_stay_on_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_document_of_many_bad_keys_gives_a_bounded_message() {
+    let dir = Scratch::new();
+    let keys: serde_json::Map<String, Value> =
+        (0..50_000).map(|i| (format!("k{i}"), json!(1))).collect();
+    let fake = FakeSnapd::start(dir.dir(), Value::Object(keys), COOKIE);
+    let (code, _, stderr) = check_conf_route(&fake);
+    assert_eq!(code, 2, "{stderr:.500}");
+    assert_eq!(stderr.lines().count(), 21, "{stderr:.500}");
+    assert!(
+        stderr.ends_with("pocketses: … and 49980 more invalid settings\n"),
+        "{stderr:.500}"
+    );
+}
