@@ -66,6 +66,15 @@ impl CpuTimes {
         self.total() - self.idle - self.iowait
     }
 
+    /// For a span from [`since`](Self::since): 100 ÷ its total, the factor that turns each
+    /// mode's ticks into its percent share; 0.0 for an empty span.
+    fn percent_factor(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => 100.0 / total as f64,
+        }
+    }
+
     /// Busy percent over the span since `earlier`. Sums are compared, as psutil does: a
     /// single mode may dip (iowait is documented to go backwards on tickless kernels) without
     /// making the interval absurd; a span whose total did not advance (a reset) reads 0.0.
@@ -142,14 +151,12 @@ pub fn utilization(before: &StatSample, now: &StatSample) -> Vec<f64> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+/// MHz; `None` where the host does not say (`seed` shows 0.0, `raw` null).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Frequency {
-    #[serde(rename = "current")]
-    pub current_mhz: f64,
-    #[serde(rename = "max")]
-    pub max_mhz: f64,
-    #[serde(rename = "min")]
-    pub min_mhz: f64,
+    pub current_mhz: Option<f64>,
+    pub max_mhz: Option<f64>,
+    pub min_mhz: Option<f64>,
 }
 
 /// Mean over `cpus` of a cpufreq file (kHz), in MHz; `None` where no CPU has it.
@@ -172,7 +179,7 @@ const CPUINFO_REFRESH: Duration = Duration::from_secs(10);
 /// read again only when the set of online CPUs changes; the current value is read each tick
 /// from cpufreq or, where the host has none, from `/proc/cpuinfo` at most every
 /// [`CPUINFO_REFRESH`]: generating that file is costly, and hosts without cpufreq are mostly
-/// VMs whose clock does not change. Means are over the online CPUs; 0.0 where unknown.
+/// VMs whose clock does not change. Means are over the online CPUs; `None` where unknown.
 struct FrequencyReader {
     host: HostFs,
     cpus: Vec<u32>,
@@ -198,21 +205,19 @@ impl FrequencyReader {
             let limit = |file| cpufreq_mean_mhz(&self.host, cpus, file);
             let (max, min) = (limit("scaling_max_freq"), limit("scaling_min_freq"));
             self.has_cpufreq = max.is_some();
-            self.last.max_mhz = max.unwrap_or(0.0);
-            self.last.min_mhz = min.unwrap_or(0.0);
+            (self.last.max_mhz, self.last.min_mhz) = (max, min);
             self.cpuinfo_read = None;
         }
         if self.has_cpufreq {
             self.last.current_mhz = cpufreq_mean_mhz(&self.host, cpus, "scaling_cur_freq")
-                .or_else(|| cpufreq_mean_mhz(&self.host, cpus, "cpuinfo_cur_freq"))
-                .unwrap_or(0.0);
+                .or_else(|| cpufreq_mean_mhz(&self.host, cpus, "cpuinfo_cur_freq"));
         } else if self
             .cpuinfo_read
             .is_none_or(|t| now.duration_since(t) >= CPUINFO_REFRESH)
         {
             self.cpuinfo_read = Some(now);
             let text = self.host.read_trimmed("/proc/cpuinfo").unwrap_or_default();
-            self.last.current_mhz = cpuinfo_mhz(&text).unwrap_or(0.0);
+            self.last.current_mhz = cpuinfo_mhz(&text);
         }
         self.last
     }
@@ -323,7 +328,8 @@ impl Section for CpuSection {
             }),
             Format::Raw => Box::new(RawCpu {
                 count: self.count,
-                utilization_percent: mean(&self.per_cpu_percent),
+                // From the same per-mode ticks as mode_percent, so that the two agree.
+                utilization_percent: self.span.busy() as f64 * self.span.percent_factor(),
                 per_cpu: self
                     .ids
                     .iter()
@@ -337,13 +343,7 @@ impl Section for CpuSection {
                 frequency_max_mhz: self.frequency.max_mhz,
                 frequency_min_mhz: self.frequency.min_mhz,
                 seconds_total: ModeValues::scaled(&self.seconds, 1.0 / self.hz),
-                mode_percent: ModeValues::scaled(
-                    &self.span,
-                    match self.span.total() {
-                        0 => 0.0,
-                        total => 100.0 / total as f64,
-                    },
-                ),
+                mode_percent: ModeValues::scaled(&self.span, self.span.percent_factor()),
             }),
         }
     }
@@ -371,13 +371,21 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
+/// The original tool's `{"current","max","min"}`: 0.0 where unknown, current rounded.
 struct SeedFrequency(Frequency);
 
 impl Serialize for SeedFrequency {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Frequency {
-            current_mhz: one_decimal(self.0.current_mhz),
-            ..self.0
+        #[derive(Serialize)]
+        struct Seed {
+            current: f64,
+            max: f64,
+            min: f64,
+        }
+        Seed {
+            current: one_decimal(self.0.current_mhz.unwrap_or(0.0)),
+            max: self.0.max_mhz.unwrap_or(0.0),
+            min: self.0.min_mhz.unwrap_or(0.0),
         }
         .serialize(s)
     }
@@ -388,9 +396,9 @@ struct RawCpu {
     count: usize,
     utilization_percent: f64,
     per_cpu: Vec<RawPerCpu>,
-    frequency_current_mhz: f64,
-    frequency_max_mhz: f64,
-    frequency_min_mhz: f64,
+    frequency_current_mhz: Option<f64>,
+    frequency_max_mhz: Option<f64>,
+    frequency_min_mhz: Option<f64>,
     seconds_total: ModeValues,
     mode_percent: ModeValues,
 }
@@ -433,6 +441,7 @@ impl ModeValues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -522,50 +531,146 @@ mod tests {
     fn frequency_is_the_mean_over_online_cpus_from_cpufreq() {
         let mut reader = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/node_exporter")));
         let f = reader.read(&[0, 1, 2, 3], Instant::now());
-        assert!((f.current_mhz - (1_699_981.0 * 2.0 + 8000.0 * 2.0) / 4000.0).abs() < 1e-9);
-        assert_eq!((f.max_mhz, f.min_mhz), (3950.0, 400.5));
+        let current = f.current_mhz.unwrap();
+        assert!((current - (1_699_981.0 * 2.0 + 8000.0 * 2.0) / 4000.0).abs() < 1e-9);
+        assert_eq!((f.max_mhz, f.min_mhz), (Some(3950.0), Some(400.5)));
     }
 
+    /// The mean of the eight `cpu MHz` lines of node_exporter's and prometheus_procfs'
+    /// cpuinfo (the same capture): 799.998, 800.037, 800.010, 800.028, 799.989, 800.083,
+    /// 800.017 and 800.030.
+    const CPUINFO_MEAN_MHZ: f64 = 6400.192 / 8.0;
+
     #[test]
-    fn frequency_without_cpufreq_falls_back_to_cpuinfo_then_zero() {
-        let mut arm =
-            FrequencyReader::new(HostFs::new(format!("{FIXTURES}/gopsutil/cpuinfo_arm_1037")));
-        assert_eq!(arm.read(&[0], Instant::now()), Frequency::default());
-        let mut x86 = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/prometheus_procfs")));
-        let mhz = cpuinfo_mhz(
-            &std::fs::read_to_string(format!("{FIXTURES}/prometheus_procfs/proc/cpuinfo")).unwrap(),
+    fn frequency_without_cpufreq_falls_back_to_cpuinfo_else_unknown() {
+        let at = |case: &str, cpus: &[u32]| {
+            FrequencyReader::new(HostFs::new(format!("{FIXTURES}/{case}")))
+                .read(cpus, Instant::now())
+        };
+        // ARM without `cpu MHz` lines: nothing known.
+        assert_eq!(at("gopsutil/cpuinfo_arm_1037", &[0]), Frequency::default());
+        // prometheus_procfs' cpu0 cpufreq is a dangling capture of a symlink: cpuinfo it is.
+        let f = at("prometheus_procfs", &[0]);
+        assert!(
+            (f.current_mhz.unwrap() - CPUINFO_MEAN_MHZ).abs() < 1e-9,
+            "{f:?}"
         );
-        // cpu0's cpufreq is a dangling capture of a symlink, cpu1's directory is real.
-        assert!(mhz.is_some());
-        let f = x86.read(&[0, 1], Instant::now());
-        assert!(f.current_mhz > 0.0 && f.max_mhz > 0.0, "{f:?}");
+        assert_eq!((f.max_mhz, f.min_mhz), (None, None));
+        // node_exporter captured cpufreq for cpu0-3 only; cpu4-7 have none.
+        let f = at("node_exporter", &[4, 5]);
+        assert!(
+            (f.current_mhz.unwrap() - CPUINFO_MEAN_MHZ).abs() < 1e-9,
+            "{f:?}"
+        );
+        assert_eq!((f.max_mhz, f.min_mhz), (None, None));
     }
 
     #[test]
-    fn cpus_without_cpufreq_take_current_from_cpuinfo() {
-        // node_exporter captured cpufreq for cpu0-3 only; cpu4-7 have none.
-        let mut reader = FrequencyReader::new(HostFs::new(format!("{FIXTURES}/node_exporter")));
-        let f = reader.read(&[4, 5], Instant::now());
-        let text =
-            std::fs::read_to_string(format!("{FIXTURES}/node_exporter/proc/cpuinfo")).unwrap();
-        assert_eq!(f.current_mhz, cpuinfo_mhz(&text).unwrap());
-        assert_eq!((f.max_mhz, f.min_mhz), (0.0, 0.0));
+    fn unknown_frequencies_are_zero_in_seed_and_null_in_raw() {
+        let section = CpuSection {
+            frequency: Frequency {
+                current_mhz: Some(2596.0),
+                max_mhz: None,
+                min_mhz: None,
+            },
+            ..section(vec![1.0])
+        };
+        let seed = serde_json::to_value(section.view(Format::Seed)).unwrap();
+        assert_eq!(
+            seed["frequency"],
+            serde_json::json!({"current": 2596.0, "max": 0.0, "min": 0.0})
+        );
+        let raw = serde_json::to_value(section.view(Format::Raw)).unwrap();
+        assert_eq!(
+            (
+                &raw["frequency_current_mhz"],
+                &raw["frequency_max_mhz"],
+                &raw["frequency_min_mhz"]
+            ),
+            (&serde_json::json!(2596.0), &Value::Null, &Value::Null)
+        );
+    }
+
+    /// The raw view of the span from sample `before` to sample `after` of a fixture case.
+    fn raw_between(case: &str, before: usize, after: usize) -> Value {
+        let root = std::env::temp_dir().join(format!(
+            "pocketses-cpu-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        let copy = |i: usize| {
+            std::fs::copy(
+                format!("{FIXTURES}/{case}/{i}/proc/stat"),
+                root.join("proc/stat"),
+            )
+            .unwrap()
+        };
+        copy(before);
+        let mut cpu = Cpu::new(HostFs::new(&root));
+        copy(after);
+        let raw = serde_json::to_value(cpu.collect().unwrap().view(Format::Raw)).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        raw
+    }
+
+    #[test]
+    fn raw_utilization_and_mode_shares_come_from_the_same_span() {
+        for (case, before, after) in [
+            ("telegraf/default", 0, 1),
+            ("telegraf/cpu_count_decrease", 0, 1),
+            ("telegraf/cpu_times_decrease", 0, 1),
+            ("telegraf/cpu_times_decrease", 1, 2),
+        ] {
+            let raw = raw_between(case, before, after);
+            let mode = |m: &str| raw["mode_percent"][m].as_f64().unwrap();
+            let utilization = raw["utilization_percent"].as_f64().unwrap();
+            let shares: f64 = [
+                "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+            ]
+            .into_iter()
+            .map(mode)
+            .sum();
+            assert!(
+                (shares - 100.0).abs() < 1e-9,
+                "{case} {before}->{after}: {raw}"
+            );
+            assert!(
+                (100.0 - mode("idle") - mode("iowait") - utilization).abs() < 1e-9,
+                "{case} {before}->{after}: {raw}"
+            );
+        }
+        // iowait went backwards (80 -> 40) while user rose by 20: per mode, the span holds
+        // 20 ticks of user and nothing else.
+        let raw = raw_between("telegraf/cpu_times_decrease", 0, 1);
+        assert_eq!(
+            (&raw["utilization_percent"], &raw["mode_percent"]["user"]),
+            (&serde_json::json!(100.0), &serde_json::json!(100.0))
+        );
+    }
+
+    /// A section with these per-CPU percents and nothing else known.
+    fn section(per_cpu_percent: Vec<f64>) -> CpuSection {
+        CpuSection {
+            count: per_cpu_percent.len(),
+            ids: (0..per_cpu_percent.len() as u32).collect(),
+            per_cpu_percent,
+            frequency: Frequency::default(),
+            seconds: CpuTimes::default(),
+            span: CpuTimes::default(),
+            hz: 100.0,
+        }
     }
 
     #[test]
     fn seed_view_matches_the_original_shape() {
         let section = CpuSection {
-            count: 2,
-            per_cpu_percent: vec![27.64, 50.96],
             frequency: Frequency {
-                current_mhz: 799.96,
-                max_mhz: 4800.0,
-                min_mhz: 400.0,
+                current_mhz: Some(799.96),
+                max_mhz: Some(4800.0),
+                min_mhz: Some(400.0),
             },
-            ids: vec![0, 1],
-            seconds: CpuTimes::default(),
-            span: CpuTimes::default(),
-            hz: 100.0,
+            ..section(vec![27.64, 50.96])
         };
         let json = serde_json::to_string(&section.view(Format::Seed)).unwrap();
         assert_eq!(

@@ -173,8 +173,8 @@ pub fn main() -> ExitCode {
             config
         }
         Err(errors) => {
-            for e in errors {
-                eprintln!("pocketses: {e}");
+            for line in crate::config::error_lines(&errors) {
+                eprintln!("pocketses: {line}");
             }
             return ExitCode::from(USAGE_ERROR);
         }
@@ -273,10 +273,9 @@ async fn reload(args: &Args, pipeline: &mut Pipeline) {
             }
         }
         Err(errors) => {
-            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
             error!(
                 "reload refused, the running configuration stays: {}",
-                all.join("; ")
+                crate::config::error_lines(&errors).join("; ")
             );
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::encode::Format;
 use crate::plugin::{self, Plugin, SinkPlugin, SourcePlugin};
+use crate::quote;
 
 /// The smallest collection interval: 100 snapshots per second.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -25,14 +26,36 @@ pub enum Origin {
     Flag,
 }
 
-/// A rejected setting: names the key, the value and what is allowed.
+/// A rejected setting: names the key, the value and what is allowed. Shown bounded and on
+/// one line (see [`quote`]): the key as it is when it is a plain name, else quoted like the
+/// value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: invalid value {value:?}{from}: {allowed}", from = origin_text(*.origin))]
+#[error("{}: invalid value {}{}: {allowed}", quote::name(key), quote::quoted(value), origin_text(*.origin))]
 pub struct ConfigError {
     pub key: String,
     pub value: String,
     pub allowed: String,
     pub origin: Option<Origin>,
+}
+
+/// How many rejected settings are shown one by one; the rest are counted.
+pub const MAX_SHOWN_ERRORS: usize = 20;
+
+/// One line per rejected setting, at most [`MAX_SHOWN_ERRORS`] of them and a count of the
+/// rest: an answer from snapd of 1 MiB can hold 90,000 unknown keys, which made 17 MB of
+/// messages.
+pub fn error_lines(errors: &[ConfigError]) -> Vec<String> {
+    let mut lines: Vec<String> = (errors.iter().take(MAX_SHOWN_ERRORS))
+        .map(ToString::to_string)
+        .collect();
+    if let Some(more) = errors
+        .len()
+        .checked_sub(MAX_SHOWN_ERRORS)
+        .filter(|&n| n > 0)
+    {
+        lines.push(format!("… and {more} more invalid settings"));
+    }
+    lines
 }
 
 fn origin_text(origin: Option<Origin>) -> &'static str {
@@ -197,8 +220,14 @@ fn names<P: Plugin>(list: &str) -> Result<Vec<&'static str>, String> {
     let mut out: Vec<&'static str> = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let plugin = plugin::find::<P>(name).ok_or_else(|| {
+            // The message shows the whole value already: name the bad part only when there
+            // are others, so a huge value is not printed twice.
+            let which = match name == list.trim() {
+                true => String::new(),
+                false => format!(" {}", quote::quoted(name)),
+            };
             format!(
-                "unknown {} {name:?}; valid {}s: {}",
+                "unknown {}{which}; valid {}s: {}",
                 P::KIND,
                 P::KIND,
                 plugin::valid_names::<P>()
@@ -370,6 +399,27 @@ mod tests {
     fn unknown_keys_list_the_known_ones() {
         let e = set("colour", "blue").unwrap_err().to_string();
         assert!(e.contains("known settings: sources, sinks, port"), "{e}");
+    }
+
+    #[test]
+    fn messages_show_outside_text_bounded_on_one_line_and_once() {
+        let error = |key: &str, value: &str| ConfigError {
+            key: key.into(),
+            value: value.into(),
+            allowed: "why".into(),
+            origin: Some(Origin::Snap),
+        };
+        assert_eq!(
+            error("a\nb", "x\ny").to_string(),
+            r#""a\nb": invalid value "x\ny" (from snap configuration): why"#
+        );
+        let long = "v".repeat(10_000);
+        let e = error(&long, &long).to_string();
+        assert!(e.len() < 500 && !e.contains('\n'), "{e}");
+        // A lone unknown name is the value itself, so it is not repeated.
+        let e = set("sinks", &long).unwrap_err().to_string();
+        assert_eq!(e.matches("\"vvv").count(), 1, "{e}");
+        assert!(e.contains("unknown sink; valid sinks:"), "{e}");
     }
 
     /// `--check`'s `key=value` lines given again as flags on top of the defaults.

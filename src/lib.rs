@@ -15,6 +15,7 @@ pub mod logging;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;
+pub mod quote;
 pub mod schedule;
 pub mod snapd;
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use common::{pocketses, run, Agent, Scratch};
 use snapd_support::fake::{raw_exchange, FakeSnapd, Mode, Recorded};
 use snapd_support::real::{self, snapctl, RealSnapd};
-use snapd_support::sections;
+use snapd_support::{run_measuring_memory, sections};
 
 const COOKIE: &str = "TESTCOOKIE";
 
@@ -558,4 +558,109 @@ fn real_snapd_contract_configure_hook_and_reload() {
     switch_sources_with_snapctl_and_sighup(&agent, "memory", &["memory"], || {
         agent.snapshot_where("a snapshot", |_| true)
     });
+}
+
+/// `--check --snap` on the REST route (which sees every key) against the stand-in.
+fn check_conf_route(fake: &FakeSnapd) -> (i32, String, String) {
+    check(against(fake).env("SNAP_INSTANCE_NAME", "pocketses"))
+}
+
+#[test]
+fn an_answer_that_never_ends_is_refused_with_bounded_memory() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({}), COOKIE);
+    fake.set_mode(Mode::Endless);
+    let (code, stderr, peak_kib) = run_measuring_memory(
+        against(&fake)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .args(["--check", "--snap"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    // Refused for its size, not after the 3 s timeout (when it had grown to 1.4 GB).
+    assert!(
+        stderr.contains("snapd's answer is larger than 1 MiB; refusing it"),
+        "{stderr}"
+    );
+    assert!(peak_kib < 64 << 10, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
+fn a_huge_snap_value_gives_a_short_message_showing_it_once() {
+    let dir = Scratch::new();
+    // Within the 1 MiB answer: refused as a value, not as an answer.
+    let huge = format!("cpu,{}", "x".repeat(900_000));
+    let fake = FakeSnapd::start(dir.dir(), json!({ "sources": huge }), COOKIE);
+    let (code, _, stderr) = check_conf_route(&fake);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.len() < 1000, "{} bytes: {stderr:.300}", stderr.len());
+    let expected = format!(
+        r#"sources: invalid value "cpu,{}…" (from snap configuration): unknown source "{}…"; valid sources: cpu"#,
+        "x".repeat(196),
+        "x".repeat(200)
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // A single unknown name is the whole value: it is shown once.
+    fake.set_config(json!({ "sources": "y".repeat(900_000) }));
+    let (code, _, stderr) = check_conf_route(&fake);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.matches(r#""yyy"#).count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("…\" (from snap configuration): unknown source; valid sources: cpu"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keys_from_snapd_are_quoted_when_not_plain_and_stay_on_one_line() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(
+        dir.dir(),
+        json!({"port=1\npocketses: configuration is valid": 1, "file": {"Max Size": "1M"}}),
+        COOKIE,
+    );
+    let (code, stdout, stderr) = check_conf_route(&fake);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "one line per bad key:\n{stderr}");
+    for expected in [
+        r#"pocketses: "port=1\npocketses: configuration is valid": invalid value "1" (from snap configuration): unknown setting"#,
+        r#"pocketses: "file.Max Size": invalid value "1M" (from snap configuration): unknown setting"#,
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected}\nin:\n{stderr}"
+        );
+    }
+
+    // A long key is cut like a value; plain keys keep their unquoted form.
+    let long = "k".repeat(5000);
+    fake.set_config(json!({ long.clone(): 1, "port": "abc" }));
+    let (_, _, stderr) = check_conf_route(&fake);
+    assert!(stderr.len() < 1000, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pocketses: \"{}…\": invalid value \"1\"",
+            &long[..200]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"pocketses: port: invalid value "abc""#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_document_of_many_bad_keys_gives_a_bounded_message() {
+    let dir = Scratch::new();
+    let keys: serde_json::Map<String, Value> =
+        (0..50_000).map(|i| (format!("k{i}"), json!(1))).collect();
+    let fake = FakeSnapd::start(dir.dir(), Value::Object(keys), COOKIE);
+    let (code, _, stderr) = check_conf_route(&fake);
+    assert_eq!(code, 2, "{stderr:.500}");
+    assert_eq!(stderr.lines().count(), 21, "{stderr:.500}");
+    assert!(
+        stderr.ends_with("pocketses: … and 49980 more invalid settings\n"),
+        "{stderr:.500}"
+    );
 }

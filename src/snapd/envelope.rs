@@ -5,9 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::SnapdError;
-
-/// How much of an unexpected answer an error quotes.
-const QUOTE: usize = 200;
+use crate::quote;
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -40,18 +38,21 @@ pub fn decode(status: u16, body: &[u8]) -> Result<Value, SnapdError> {
                 .map_err(|_| protocol(format!("HTTP {status} error without a message"), body))?;
             Err(SnapdError::Api {
                 status,
-                message: e.message,
-                kind: e.kind,
+                message: quote::prose(&e.message),
+                kind: e.kind.as_deref().map(quote::prose),
             })
         }
         "async" => Err(protocol(
             format!(
                 "an async answer (change {}) where a sync one was expected",
-                envelope.change.as_deref().unwrap_or("none")
+                quote::name(envelope.change.as_deref().unwrap_or("none"))
             ),
             body,
         )),
-        other => Err(protocol(format!("HTTP {status} with type {other:?}"), body)),
+        other => Err(protocol(
+            format!("HTTP {status} with type {}", quote::quoted(other)),
+            body,
+        )),
     }
 }
 
@@ -83,12 +84,17 @@ pub fn snapctl_stdout(result: Value) -> Result<Map<String, Value>, SnapdError> {
 }
 
 fn protocol(what: String, received: &[u8]) -> SnapdError {
-    let text = String::from_utf8_lossy(received);
-    let mut received: String = text.chars().take(QUOTE).collect();
-    if received.len() < text.len() {
-        received.push_str("...");
+    // A character takes at most 4 bytes, so this start holds all that is shown, without
+    // copying a whole answer of up to a mebibyte.
+    let start = &received[..received.len().min(quote::MAX_CHARS * 4)];
+    let mut shown = quote::prose(&String::from_utf8_lossy(start));
+    if start.len() < received.len() && !shown.ends_with('…') {
+        shown.push('…');
     }
-    SnapdError::Protocol { what, received }
+    SnapdError::Protocol {
+        what,
+        received: shown,
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +141,7 @@ pub(crate) mod tests {
         assert!(e.contains("async answer (change 7)"), "{e}");
         let long = "x".repeat(5000);
         let e = decode(200, long.as_bytes()).unwrap_err().to_string();
-        assert!(e.len() < 600 && e.ends_with("..."), "{e}");
+        assert!(e.len() < 600 && e.ends_with("x…"), "{e}");
     }
 
     #[test]

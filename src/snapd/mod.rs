@@ -26,6 +26,9 @@ pub const SNAP_SOCKET: &str = "/run/snapd-snap.socket";
 pub const SNAPD_SOCKET: &str = "/run/snapd.socket";
 /// Bounds each whole request: connect, write, status and body.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer read: a configuration is a few hundred bytes, and an answer that never
+/// ended once took `--check` to 1.4 GB of memory within [`TIMEOUT`].
+pub const MAX_ANSWER: usize = 1 << 20;
 /// The instance name used when `--snap` is given outside a snap.
 const DEFAULT_INSTANCE: &str = "pocketses";
 
@@ -42,6 +45,8 @@ pub enum SnapdError {
         message: String,
         kind: Option<String>,
     },
+    #[error("snapd's answer is larger than {} MiB; refusing it (socket {socket})", MAX_ANSWER >> 20)]
+    TooLarge { socket: String },
     #[error("unexpected answer from snapd: {what}; received: {received}")]
     Protocol { what: String, received: String },
 }

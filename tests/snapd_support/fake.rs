@@ -29,6 +29,8 @@ pub enum Mode {
     Async,
     /// Normal answers with `warning-count`, `warning-timestamp` and `maintenance` added.
     Warnings,
+    /// A 200 whose chunked body never ends, until the client hangs up.
+    Endless,
 }
 
 /// A request as it arrived.
@@ -134,6 +136,7 @@ fn serve(socket: &'static str, stream: UnixStream, state: &Mutex<State>) {
         };
         let answer = match mode {
             Mode::Close => return,
+            Mode::Endless => return endless(&mut out),
             Mode::Slow(delay) => {
                 thread::sleep(delay);
                 respond(&request, state)
@@ -144,6 +147,19 @@ fn serve(socket: &'static str, stream: UnixStream, state: &Mutex<State>) {
             return;
         }
     }
+}
+
+/// The start of a sync envelope, then 64 KiB chunks of `x` for as long as the client reads.
+fn endless(out: &mut UnixStream) {
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let start = r#"{"type":"sync","result":{"sources":""#;
+    let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+    let filler = chunk(&[b'x'; 64 << 10]);
+    if out.write_all(head.as_bytes()).is_err() || out.write_all(&chunk(start.as_bytes())).is_err() {
+        return;
+    }
+    while out.write_all(&filler).is_ok() {}
 }
 
 fn read_request(socket: &'static str, reader: &mut impl BufRead) -> Option<Recorded> {

@@ -1,0 +1,173 @@
+//! The sources as the real binary reports them from this host's /proc and /sys: the `raw`
+//! figures that must agree with each other, unknown values, IPv6 addresses, and interface
+//! names that are not UTF-8.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use common::{heavy, pocketses, run, Agent};
+
+/// `--once` with `args`: the snapshot, after checking that the agent succeeded quietly.
+fn once(command: &mut Command, args: &[&str]) -> Value {
+    let out = run(command.args(["--no-snap", "--once"]).args(args));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect("one snapshot")
+}
+
+#[test]
+fn raw_utilization_agrees_with_the_mode_shares_in_every_snapshot() {
+    let _heavy = heavy();
+    // 100 snapshots a second: short spans, where per-CPU and all-CPU ticks disagree most.
+    let agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--sources",
+        "cpu",
+        "--format",
+        "raw",
+        "--interval",
+        "0.01",
+    ]);
+    for _ in 0..100 {
+        let s = agent.snapshot_where("a cpu snapshot", |s| s.get("cpu").is_some());
+        let cpu = &s["cpu"];
+        let mode = |m: &str| cpu["mode_percent"][m].as_f64().unwrap();
+        let utilization = cpu["utilization_percent"].as_f64().unwrap();
+        let shares: f64 = [
+            "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+        ]
+        .into_iter()
+        .map(mode)
+        .sum();
+        if shares == 0.0 {
+            // No tick in this span: every share and the utilization read 0.
+            assert_eq!(utilization, 0.0, "{cpu}");
+            continue;
+        }
+        assert!(
+            (100.0 - mode("idle") - mode("iowait") - utilization).abs() < 1e-6,
+            "{cpu}"
+        );
+    }
+}
+
+#[test]
+fn raw_frequency_is_null_where_unknown_and_seed_keeps_zero() {
+    let cpufreq = Path::new("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq").exists();
+    let raw = once(&mut pocketses(), &["--sources", "cpu", "--format", "raw"]);
+    let seed = once(&mut pocketses(), &["--sources", "cpu"]);
+    for (raw_key, seed_key) in [("frequency_max_mhz", "max"), ("frequency_min_mhz", "min")] {
+        let (raw_value, seed_value) = (&raw["cpu"][raw_key], &seed["cpu"]["frequency"][seed_key]);
+        match cpufreq {
+            true => assert!(raw_value.as_f64().is_some_and(|v| v > 0.0), "{raw}"),
+            false => {
+                assert_eq!(raw_value, &Value::Null, "{raw}");
+                assert_eq!(seed_value, &json!(0.0), "{seed}");
+            }
+        }
+    }
+}
+
+/// `/proc/net/if_inet6` as interface → compressed addresses, read here independently.
+fn ipv6_addresses() -> Value {
+    let text = std::fs::read("/proc/net/if_inet6").unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bits = u128::from_str_radix(fields[0], 16).unwrap();
+        let address = std::net::Ipv6Addr::from(bits).to_string();
+        let entry = out.entry(fields[5]).or_insert(json!([]));
+        entry.as_array_mut().unwrap().push(json!(address));
+    }
+    Value::Object(out)
+}
+
+#[test]
+fn raw_lists_ipv6_addresses_and_seed_stays_ipv4() {
+    let raw = once(&mut pocketses(), &["--sources", "net", "--format", "raw"]);
+    let mut listed = raw["network"]["addresses_v6"].clone();
+    // Order within the file is the kernel's hash order: compare sorted.
+    let mut expected = ipv6_addresses();
+    for addresses in [&mut listed, &mut expected] {
+        for list in addresses.as_object_mut().expect("an object").values_mut() {
+            list.as_array_mut()
+                .unwrap()
+                .sort_by_key(ToString::to_string);
+        }
+    }
+    assert_eq!(listed, expected, "{raw}");
+
+    let seed = once(&mut pocketses(), &["--sources", "net"]);
+    let network = seed["network"].as_object().unwrap();
+    assert_eq!(network.keys().collect::<Vec<_>>(), ["traffic", "addresses"]);
+    for address in network["addresses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|a| a.as_array().unwrap())
+    {
+        let text = address.as_str().unwrap();
+        assert!(text.parse::<std::net::Ipv4Addr>().is_ok(), "{seed}");
+    }
+}
+
+/// Why a private network namespace with a veth pair cannot be made here, if it cannot.
+fn no_network_namespace() -> Option<String> {
+    let made = Command::new("unshare")
+        .args([
+            "-n", "ip", "link", "add", "name", "t0", "type", "veth", "peer", "name", "t1",
+        ])
+        .output();
+    match made {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Some(format!("unshare or ip: {e}")),
+    }
+}
+
+#[test]
+fn an_interface_name_that_is_not_utf8_keeps_the_network_section() {
+    if let Some(why) = no_network_namespace() {
+        eprintln!("skipping: needs root, unshare and ip to make a veth pair: {why}");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "skipped under CI: {why}"
+        );
+        return;
+    }
+    // In a network namespace of its own, so the host's interfaces are untouched.
+    let script = r#"ip link add name "$1" type veth peer name v1 && ip link set lo up &&
+        ip addr add 10.9.9.9/24 dev "$1" && ip -6 addr add fd00::9/64 dev "$1" &&
+        shift && exec "$0" "$@""#;
+    let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
+    let snapshot = once(
+        Command::new("unshare")
+            .args(["-n", "sh", "-c", script, env!("CARGO_BIN_EXE_pocketses")])
+            .arg(name),
+        &["--format", "raw", "--sources", "net"],
+    );
+    let network = &snapshot["network"];
+    let shown = "bad\u{fffd}name";
+    assert!(
+        network["interfaces"][shown]["tx_bytes"].is_u64(),
+        "{snapshot}"
+    );
+    assert!(network["interfaces"]["v1"].is_object(), "{snapshot}");
+    assert_eq!(
+        network["addresses"][shown],
+        json!(["10.9.9.9"]),
+        "{snapshot}"
+    );
+    assert_eq!(
+        network["addresses_v6"][shown],
+        json!(["fd00::9"]),
+        "{snapshot}"
+    );
+}
