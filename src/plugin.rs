@@ -63,6 +63,10 @@ pub struct SinkPlugin {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub description: &'static str,
+    /// Checks the settings this sink uses without side effects (no file created, no port
+    /// held): `--check` reports each problem, and the sink's `build` runs it first, so start
+    /// and `--check` refuse with the same words. `Err` names the setting to fix.
+    pub preflight: fn(&Config) -> Result<(), String>,
     pub build: fn(Arc<Config>) -> SinkFuture,
 }
 
