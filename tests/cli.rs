@@ -329,6 +329,15 @@ fn check_refuses_an_address_this_host_lacks_but_not_a_port_in_use() {
 }
 
 #[test]
+fn an_empty_file_path_is_called_empty() {
+    let (code, stderr) = check(&["--file-path", ""], |_| {});
+    assert_eq!(code, 2);
+    assert!(stderr.contains("file.path: invalid value \"\""), "{stderr}");
+    assert!(stderr.contains("the path is empty"), "{stderr}");
+    assert!(!stderr.contains("control characters"), "{stderr}");
+}
+
+#[test]
 fn the_file_sink_says_that_it_creates_missing_directories() {
     let dir = Scratch::new();
     let file = dir.path("new/dirs/x.jsonl");
