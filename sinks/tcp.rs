@@ -77,9 +77,11 @@ inventory::submit! {
 /// free port, never listening) and closed at once. The configured port is not probed: the
 /// configure hook runs `--check` while the daemon holds it. A probe that fails otherwise
 /// (denied by confinement, out of descriptors) says nothing about the setting and passes.
-fn preflight(config: &Config) -> Result<(), String> {
+fn preflight(config: &crate::config::Config) -> Result<(), String> {
     use nix::errno::Errno;
     use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
     let addr = SocketAddr::new(config.bind, 0);
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
