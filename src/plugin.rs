@@ -64,8 +64,8 @@ pub struct SinkPlugin {
     pub aliases: &'static [&'static str],
     pub description: &'static str,
     /// Checks the settings this sink uses without side effects (no file created, no port
-    /// held): `--check` reports each problem, and the sink's `build` runs it first, so start
-    /// and `--check` refuse with the same words. `Err` names the setting to fix.
+    /// held), for `--check`; `build` makes the same checks, so start refuses what `--check`
+    /// refuses, in the same words. `Err` names the setting to fix.
     pub preflight: fn(&Config) -> Result<(), String>,
     pub build: fn(Arc<Config>) -> SinkFuture,
 }
