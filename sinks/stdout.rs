@@ -11,6 +11,7 @@ inventory::submit! {
         name: "stdout",
         aliases: &[],
         description: "one JSON line per snapshot on standard output",
+        preflight: |_config| Ok(()),
         build: |_config| Box::pin(async { Ok(Box::new(StdoutSink::new()) as Box<dyn Sink>) }),
     }
 }

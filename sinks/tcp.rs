@@ -65,9 +65,37 @@ inventory::submit! {
         name: "tcp",
         aliases: &["tcp-lines"],
         description: "publisher: every TCP subscriber gets each snapshot as a CRLF line (telnet 127.0.0.1 8888)",
+        preflight,
         build: |config| Box::pin(async move {
+            preflight(&config).map_err(anyhow::Error::msg)?;
             Ok(Box::new(TcpSink::start(&config).await?) as Box<dyn Sink>)
         }),
+    }
+}
+
+/// Whether this host has the `bind` address: a probe socket is bound to it on port 0 (any
+/// free port, never listening) and closed at once. The configured port is not probed: the
+/// configure hook runs `--check` while the daemon holds it. A probe that fails otherwise
+/// (denied by confinement, out of descriptors) says nothing about the setting and passes.
+fn preflight(config: &crate::config::Config) -> Result<(), String> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    let addr = SocketAddr::new(config.bind, 0);
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let probe = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .and_then(|probe| bind(probe.as_raw_fd(), &SockaddrStorage::from(addr)));
+    match probe {
+        Err(Errno::EADDRNOTAVAIL) => Err(format!("bind: this host has no address {}", addr.ip())),
+        Err(Errno::EAFNOSUPPORT) => Err(format!(
+            "bind: this host has no IPv6, so no address {}",
+            addr.ip()
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -62,7 +62,8 @@ pub struct Args {
     /// List the registered sources and sinks
     #[arg(long, conflicts_with = "check")]
     pub list: bool,
-    /// Validate the effective configuration, print it or what is wrong, exit 0 or 2
+    /// Validate the effective configuration and what the enabled sinks need (the file's path
+    /// and directory, the bind address); print it or what is wrong, exit 0 or 2
     #[arg(long)]
     pub check: bool,
     /// Read the snap configuration even outside a snap
@@ -180,6 +181,18 @@ pub fn main() -> ExitCode {
         }
     };
     if args.check {
+        // Then each enabled sink checks the settings it uses, without side effects; every
+        // problem is printed, as for invalid values.
+        let problems: Vec<String> = (config.sinks.iter())
+            .filter_map(|&name| plugin::find::<SinkPlugin>(name))
+            .filter_map(|sink| (sink.preflight)(&config).err())
+            .collect();
+        if !problems.is_empty() {
+            for problem in problems {
+                eprintln!("pocketses: {problem}");
+            }
+            return ExitCode::from(USAGE_ERROR);
+        }
         print!("configuration is valid:\n{}", config.describe());
         return ExitCode::SUCCESS;
     }

@@ -160,11 +160,12 @@ impl Config {
                 self.max_clients =
                     parse_in_range(v, 1, 1_000_000).ok_or_else(|| allowed(describe()))? as usize
             }
-            // A line break would split the path across `--check`'s `key=value` lines.
-            "file.path" if !v.is_empty() && !v.contains(char::is_control) => {
-                self.file_path = PathBuf::from(v)
+            "file.path" if v.is_empty() => {
+                return Err(allowed("the path is empty; give a file path".into()))
             }
-            "file.path" => return Err(allowed(describe())),
+            // A line break would split the path across `--check`'s `key=value` lines.
+            "file.path" if v.contains(char::is_control) => return Err(allowed(describe())),
+            "file.path" => self.file_path = PathBuf::from(v),
             "file.max-size" => {
                 self.file_max_size = parse_size(v)
                     .filter(|n| (1 << 10..=1 << 40).contains(n))
@@ -349,7 +350,6 @@ mod tests {
             ("file.max-size", "100"),
             ("format", "xml"),
             ("bind", "localhost:80"),
-            ("file.path", ""),
         ] {
             let e = set(key, bad).unwrap_err();
             assert_eq!((e.key.as_str(), e.value.as_str()), (key, bad));
@@ -384,12 +384,16 @@ mod tests {
     }
 
     #[test]
-    fn file_paths_with_line_breaks_are_rejected() {
+    fn file_paths_that_are_empty_or_have_line_breaks_are_rejected() {
         // Found by fuzz/config_set (seed file-path-newline): `--check` printed the path over
         // two lines, the second looking like a setting of its own.
         for bad in ["1\niB", "log\nport=1", "a\rb", "tab\there"] {
             let e = set("file.path", bad).unwrap_err();
             assert_eq!(e.allowed, describe("file.path").unwrap(), "{bad:?}");
+        }
+        for empty in ["", "  "] {
+            let e = set("file.path", empty).unwrap_err();
+            assert!(e.allowed.contains("the path is empty"), "{e}");
         }
         let c = set("file.path", " /var/log/pocketses café.jsonl ").unwrap();
         assert_eq!(c.file_path, PathBuf::from("/var/log/pocketses café.jsonl"));

@@ -63,6 +63,10 @@ pub struct SinkPlugin {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub description: &'static str,
+    /// Checks the settings this sink uses without side effects (no file created, no port
+    /// held), for `--check`; `build` makes the same checks, so start refuses what `--check`
+    /// refuses, in the same words. `Err` names the setting to fix.
+    pub preflight: fn(&Config) -> Result<(), String>,
     pub build: fn(Arc<Config>) -> SinkFuture,
 }
 

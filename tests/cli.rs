@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::Output;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use common::{pocketses, wait_for, Agent, Subscriber};
+use common::{pocketses, wait_for, Agent, Scratch, Subscriber};
 
 fn run(args: &[&str]) -> Output {
     common::run(pocketses().args(args))
@@ -315,4 +317,129 @@ fn once_warns_that_it_ignores_sinks() {
     let out = run(&["--no-snap", "--once"]);
     stdout_json(&out);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("--sinks"));
+}
+
+/// `--check` with `args`: (exit code, stderr).
+fn check(args: &[&str], setup: impl FnOnce(&mut std::process::Command)) -> (i32, String) {
+    let mut command = pocketses();
+    command.args(["--check", "--no-snap"]).args(args);
+    setup(&mut command);
+    let out = common::run(&mut command);
+    let code = out.status.code().expect("an exit code");
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn check_refuses_a_file_path_the_file_sink_could_not_use() {
+    let dir = Scratch::new();
+    let fifo = dir.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let link = dir.path("link");
+    std::os::unix::fs::symlink(dir.path("target"), &link).unwrap();
+    let plain = dir.path("plain");
+    std::fs::write(&plain, "").unwrap();
+    let read_only = dir.path("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let text = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let cases = [
+        (
+            text(dir.dir()),
+            format!("{} is a directory, not a regular file", text(dir.dir())),
+        ),
+        (
+            text(&fifo),
+            format!("{} is a FIFO, not a regular file", text(&fifo)),
+        ),
+        (
+            text(&link),
+            format!("{} is a symbolic link; refusing to follow it", text(&link)),
+        ),
+        (
+            text(&plain.join("sub/x.jsonl")),
+            format!(
+                "{} is not a directory, so {} cannot be created",
+                text(&plain),
+                text(&plain.join("sub"))
+            ),
+        ),
+        (
+            text(&read_only.join("x.jsonl")),
+            format!("directory {} is not writable", text(&read_only)),
+        ),
+    ];
+    for (path, wanted) in cases {
+        let (code, stderr) = check(
+            &["--sinks", "tcp,file", "--port", "0", "--file-path", &path],
+            |command| {
+                // Root may write anywhere: the read-only directory is checked as nobody.
+                if nix::unistd::geteuid().is_root() {
+                    command.uid(65534).gid(65534);
+                }
+            },
+        );
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(
+            stderr.contains(&format!("file.path: {wanted}")),
+            "{wanted:?} not in {stderr}"
+        );
+        // Only the sinks that are enabled are checked.
+        let (code, stderr) = check(
+            &["--sinks", "tcp", "--port", "0", "--file-path", &path],
+            |_| {},
+        );
+        assert_eq!(code, 0, "{path}: {stderr}");
+    }
+    assert!(
+        !dir.path("target").exists() && !plain.join("sub").exists(),
+        "--check created something"
+    );
+}
+
+#[test]
+fn check_refuses_an_address_this_host_lacks_but_not_a_port_in_use() {
+    // 192.0.2.0/24 is TEST-NET-1, documentation only: no host has it.
+    let (code, stderr) = check(&["--bind", "192.0.2.1"], |_| {});
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("bind: this host has no address 192.0.2.1"),
+        "{stderr}"
+    );
+    // The configure hook runs --check while the daemon holds the port.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let (code, stderr) = check(&["--bind", "127.0.0.1", "--port", &port], |_| {});
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn an_empty_file_path_is_called_empty() {
+    let (code, stderr) = check(&["--file-path", ""], |_| {});
+    assert_eq!(code, 2);
+    assert!(stderr.contains("file.path: invalid value \"\""), "{stderr}");
+    assert!(stderr.contains("the path is empty"), "{stderr}");
+    assert!(!stderr.contains("control characters"), "{stderr}");
+}
+
+#[test]
+fn the_file_sink_says_that_it_creates_missing_directories() {
+    let dir = Scratch::new();
+    let file = dir.path("new/dirs/x.jsonl");
+    let agent = Agent::start(&[
+        "--sinks",
+        "file",
+        "--interval",
+        "0.05",
+        "--file-path",
+        file.to_str().unwrap(),
+    ]);
+    let line = agent.wait_log("file sink appending to");
+    assert!(
+        line.contains(&format!(
+            "{} (missing directories are created)",
+            file.display()
+        )),
+        "{line}"
+    );
+    wait_for("the file", || file.exists().then_some(()));
 }

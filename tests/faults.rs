@@ -197,3 +197,100 @@ fn a_subscriber_that_closes_entirely_is_let_go() {
     next.snapshot();
     assert!(agent.is_running());
 }
+
+/// What a victim file of the symlink tests holds, to be found unchanged.
+const VICTIM: &[u8] = b"root:x:0:0:not to be appended to\n";
+
+/// Puts a FIFO at `path`, replacing what is there at once (no moment without a file, in
+/// which the agent could recreate it first).
+fn swap_in_fifo(path: &Path) {
+    let fresh = path.with_extension("fifo-being-made");
+    nix::unistd::mkfifo(&fresh, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+/// Puts a symbolic link to `target` at `path`, replacing what is there at once.
+fn swap_in_symlink(target: &Path, path: &Path) {
+    let fresh = path.with_extension("link-being-made");
+    std::os::unix::fs::symlink(target, &fresh).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+#[test]
+fn a_fifo_or_a_symlink_at_the_file_path_is_refused_at_start() {
+    let dir = Scratch::new();
+    let victim = dir.path("victim");
+    std::fs::write(&victim, VICTIM).unwrap();
+    let fifo = dir.path("fifo.jsonl");
+    swap_in_fifo(&fifo);
+    let link = dir.path("link.jsonl");
+    swap_in_symlink(&victim, &link);
+    for (path, problem) in [
+        (&fifo, "is a FIFO, not a regular file"),
+        (&link, "is a symbolic link; refusing to follow it"),
+    ] {
+        let args = file_args(path, "tcp,file", "0.01", &[]);
+        let out = common::run(common::pocketses().arg("--no-snap").args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let wanted = format!("{} {problem}", path.display());
+        assert!(stderr.contains(&wanted), "{wanted:?} not in {stderr}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), VICTIM);
+}
+
+#[test]
+fn a_fifo_swapped_in_for_the_file_costs_only_the_file_sink() {
+    let _heavy = heavy();
+    let dir = Scratch::new();
+    let file = dir.path("p.jsonl");
+    let mut agent = agent_writing(&file, "tcp,file", "0.01", &["--file-max-size", "1G"]);
+    let mut sub = Subscriber::connect(agent.address());
+    wait_for("the first line", || {
+        (!snapshot_lines(&file).is_empty()).then_some(())
+    });
+    swap_in_fifo(&file);
+    // Nobody reads the FIFO: written to, it would be full within 64 KiB of lines.
+    let mut received = 0;
+    while received < 128 << 10 {
+        received += sub.snapshot().len();
+    }
+    agent.wait_log("is a FIFO, not a regular file");
+    Subscriber::connect(agent.address()).snapshot();
+    let asked = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit();
+    let took = asked.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+#[test]
+fn a_symlink_swapped_in_for_the_file_is_never_written_through() {
+    let _heavy = heavy();
+    let dir = Scratch::new();
+    let file = dir.path("p.jsonl");
+    let victim = dir.path("victim");
+    std::fs::write(&victim, VICTIM).unwrap();
+    // About five lines a file: the run below would rotate many times.
+    let mut agent = agent_writing(&file, "tcp,file", "0.01", &["--file-max-size", "2K"]);
+    let mut sub = Subscriber::connect(agent.address());
+    wait_for("the first line", || {
+        (!snapshot_lines(&file).is_empty()).then_some(())
+    });
+    swap_in_symlink(&victim, &file);
+    for _ in 0..100 {
+        sub.snapshot();
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), VICTIM, "written through");
+    agent.wait_log("is a symbolic link; refusing to follow it");
+    assert!(agent.is_running());
+
+    std::fs::remove_file(&file).unwrap();
+    wait_for("lines in a fresh regular file", || {
+        let fresh = std::fs::symlink_metadata(&file).ok()?.is_file();
+        (fresh && snapshot_lines(&file).len() >= 3).then_some(())
+    });
+    assert_eq!(std::fs::read(&victim).unwrap(), VICTIM);
+}
