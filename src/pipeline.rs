@@ -616,6 +616,47 @@ mod tests {
         assert_eq!(collection.seq, 3);
     }
 
+    /// A source whose sections panic when encoded.
+    struct ViewPanics;
+
+    impl Source for ViewPanics {
+        fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+            Ok(Box::new(ViewPanics))
+        }
+    }
+
+    impl Section for ViewPanics {
+        fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+            panic!("no view")
+        }
+    }
+
+    #[test]
+    fn a_section_that_panics_while_encoding_is_left_out() {
+        let mut collection =
+            Collection::new(&["memory"], Format::Seed, &HostFs::default()).unwrap();
+        collection.sources.insert(
+            0,
+            NamedSource {
+                name: "panics",
+                source: Box::new(ViewPanics),
+                failures: RateLimit::default(),
+            },
+        );
+        for seq in 0..2 {
+            let frame = collection.collect();
+            assert_eq!(frame.seq, seq);
+            let json: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
+            let names: Vec<&str> = json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(names, ["timestamp", "memory"]);
+        }
+    }
+
     #[test]
     fn switching_keeps_the_state_of_sources_that_stay() {
         let mut collection =
