@@ -3,3 +3,5 @@
 mod file;
 mod stdout;
 mod tcp;
+#[cfg(feature = "test-plugins")]
+mod testing;

@@ -10,6 +10,8 @@
 mod cpu;
 mod memory;
 mod network;
+#[cfg(feature = "test-plugins")]
+mod testing;
 
 pub use cpu::{parse_stat, CpuTimes};
 pub use memory::{parse_meminfo, MemInfo};

@@ -202,7 +202,7 @@ pub fn main() -> ExitCode {
         }
         once(&config)
     } else {
-        serve(&runtime, args, config)
+        serve(runtime, args, config)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,10 +241,11 @@ fn once(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the pipeline until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-fn serve(runtime: &Runtime, args: Args, config: Config) -> anyhow::Result<()> {
+/// Runs the pipeline until SIGTERM or SIGINT, or until it cannot go on (every sink finished
+/// for good: `Ok`; the collector died: an error). SIGHUP reloads the configuration.
+fn serve(runtime: Runtime, args: Args, config: Config) -> anyhow::Result<()> {
     crate::limits::raise_open_files();
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
@@ -258,17 +259,22 @@ fn serve(runtime: &Runtime, args: Args, config: Config) -> anyhow::Result<()> {
             format = %config.format,
             "pocketses started"
         );
-        loop {
+        let ended = loop {
             tokio::select! {
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break Ok(()),
+                _ = interrupt.recv() => break Ok(()),
                 _ = hangup.recv() => reload(&args, &mut pipeline).await,
+                ended = pipeline.ended() => break ended,
             }
-        }
+        };
         info!("stopping");
         pipeline.shutdown().await;
-        Ok(())
-    })
+        ended
+    });
+    // Dropping the runtime would wait, without limit, for blocking work a sink abandoned at
+    // shutdown may still be stuck in; the process exits instead.
+    runtime.shutdown_background();
+    served
 }
 
 async fn reload(args: &Args, pipeline: &mut Pipeline) {
@@ -277,7 +283,7 @@ async fn reload(args: &Args, pipeline: &mut Pipeline) {
             snap_unavailable: Some(e),
             ..
         }) => error!("reload refused, the running configuration stays: cannot read the snap configuration: {e}"),
-        Ok(Loaded { config, .. }) if config == **pipeline.config() => {
+        Ok(Loaded { config, .. }) if pipeline.runs(&config) => {
             info!("reload: configuration unchanged")
         }
         Ok(Loaded { config, .. }) => {

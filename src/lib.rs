@@ -1,8 +1,8 @@
 //! Pocketses: a small, fast host-metrics agent.
 //!
 //! Every interval the [`pipeline`] asks each configured [`Source`](plugin::Source) for a
-//! section, stamps them with one shared timestamp into a [`Snapshot`](model::Snapshot),
-//! encodes it once ([`encode`]) and hands the same bytes to every [`Sink`](plugin::Sink).
+//! [`Section`](model::Section), encodes the sections under one shared timestamp into one
+//! snapshot ([`encode`]) and hands the same bytes to every [`Sink`](plugin::Sink).
 //! Sources live in `sources/`, sinks in `sinks/`, one file each; they register themselves
 //! with `inventory`, so nothing in `src/` names a particular plugin.
 

@@ -12,13 +12,6 @@ pub trait Section: Send + Sync {
     fn view(&self, format: Format) -> Box<dyn erased_serde::Serialize + '_>;
 }
 
-/// Everything collected at one tick: one timestamp shared by all sections, and the
-/// sections in the configured source order. A source that failed is simply absent.
-pub struct Snapshot {
-    pub timestamp: SystemTime,
-    pub sections: Vec<(&'static str, Box<dyn Section>)>,
-}
-
 /// Formats `t` as RFC 3339 in UTC with millisecond precision, e.g.
 /// `2026-11-26T12:00:00.000Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {

@@ -4,10 +4,19 @@
 //! Collection runs on its own OS thread, so reading `/proc` never blocks the async runtime
 //! that serves sinks and subscribers. Each sink runs in its own task behind a bounded
 //! broadcast queue: a sink that falls behind loses its own oldest snapshots and delays no one.
+//!
+//! A panic in a source's collection or in its section's encoding leaves that section out of
+//! the snapshot; anything else that ends the collector thread ends the pipeline with an error
+//! ([`Pipeline::ended`]), as does the last sink finishing for good.
+//!
+//! The pipeline records what really runs: the configuration each sink runs with and what the
+//! collector collects. A reload that could not apply everything leaves the rest on its old
+//! settings, and the next reload tries again wherever they differ from the wanted ones.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::cell::RefCell;
+use std::panic::{self, catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,10 +25,9 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::encode::{encode, Format, Frame};
+use crate::encode::{Encoder, Format, Frame};
 use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
-use crate::model::Snapshot;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
 use crate::schedule::Ticker;
 
@@ -27,8 +35,10 @@ use crate::schedule::Ticker;
 const SINK_QUEUE: usize = 16;
 /// How long CPU utilization is measured for the first snapshot (shorter if the interval is).
 const WARM_UP: Duration = Duration::from_millis(200);
-/// How long shutdown waits for sinks to flush and close.
+/// How long shutdown waits for the collector to stop and sinks to flush and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(800);
+/// The collector thread's name, which the panic hook recognises it by.
+const COLLECTOR: &str = "collector";
 
 /// The delay before the first snapshot of a run with this interval.
 pub fn warm_up(interval: Duration) -> Duration {
@@ -39,6 +49,7 @@ pub fn warm_up(interval: Duration) -> Duration {
 pub struct Collection {
     sources: Vec<NamedSource>,
     format: Format,
+    encoder: Encoder,
     seq: u64,
 }
 
@@ -54,6 +65,7 @@ impl Collection {
         Ok(Collection {
             sources: NamedSource::build_all(names, host)?,
             format,
+            encoder: Encoder::default(),
             seq: 0,
         })
     }
@@ -74,38 +86,81 @@ impl Collection {
         self.format = format;
     }
 
-    /// Collects every source at one shared timestamp and encodes the snapshot. A source that
-    /// fails (or panics) is left out of this snapshot and logged at a limited rate.
+    /// Collects every source at one shared timestamp and encodes the snapshot. A source whose
+    /// collection fails or panics, or whose section panics or fails while encoding, is left
+    /// out of this snapshot and logged at a limited rate.
     pub fn collect(&mut self) -> Frame {
         let timestamp = SystemTime::now();
-        let mut sections = Vec::with_capacity(self.sources.len());
+        let mut json = self.encoder.begin(timestamp, self.format);
         for s in &mut self.sources {
-            let result = catch_unwind(AssertUnwindSafe(|| s.source.collect()))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the source panicked")));
-            match result {
-                Ok(section) => sections.push((s.name, section)),
-                Err(e) => {
-                    if let Some(held_back) = s.failures.allow(Instant::now()) {
-                        warn!(source = s.name, held_back, "collection failed: {e:#}");
-                    }
-                }
+            let left_out = match contain(|| s.source.collect()) {
+                Ok(Ok(section)) => match contain(|| json.section(s.name, section.as_ref())) {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("encoding failed: {e}"),
+                    Err(panic) => format!("encoding panicked: {panic}"),
+                },
+                Ok(Err(e)) => format!("collection failed: {e:#}"),
+                Err(panic) => format!("collection panicked: {panic}"),
+            };
+            if let Some(held_back) = s.failures.allow(Instant::now()) {
+                warn!(
+                    source = s.name,
+                    held_back, "left out of the snapshot: {left_out}"
+                );
             }
         }
-        let json = encode(
-            &Snapshot {
-                timestamp,
-                sections,
-            },
-            self.format,
-        );
         let frame = Frame {
             seq: self.seq,
             timestamp,
-            json,
+            json: json.finish(),
         };
         self.seq += 1;
         frame
     }
+}
+
+thread_local! {
+    /// The last panic on this thread, as the panic hook saw it (message and location).
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, turning a panic into an error that says what panicked and where.
+///
+/// On the collector thread the panic hook stays quiet and only records the panic, so the
+/// caller's rate-limited warning is all the log shows: a plugin that panics every tick would
+/// otherwise print a panic message 100 times a second.
+fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        LAST_PANIC
+            .with(|last| last.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(payload.as_ref()).to_string())
+    })
+}
+
+/// Installs, once, the panic hook described at [`contain`]; other threads' panics go to the
+/// hook that was there before.
+fn quiet_collector_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if thread::current().name() != Some(COLLECTOR) {
+                return previous(info);
+            }
+            let message = panic_message(info.payload());
+            let described = match info.location() {
+                Some(at) => format!("{message} (at {at})"),
+                None => message.to_string(),
+            };
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(described));
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    (payload.downcast_ref::<&str>().copied())
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 impl NamedSource {
@@ -124,6 +179,24 @@ impl NamedSource {
                 })
             })
             .collect()
+    }
+}
+
+/// What the collector runs: the settings of a configuration that concern collection.
+#[derive(Clone, Debug, PartialEq)]
+struct Collecting {
+    sources: Vec<&'static str>,
+    format: Format,
+    interval: Duration,
+}
+
+impl Collecting {
+    fn of(config: &Config) -> Collecting {
+        Collecting {
+            sources: config.sources.clone(),
+            format: config.format,
+            interval: config.interval,
+        }
     }
 }
 
@@ -182,9 +255,15 @@ fn run_collector(
     }
 }
 
-/// A sink running in its own task.
+/// How the collector thread ended: `Err` with the panic that ended it.
+type CollectorExit = oneshot::Receiver<Result<(), String>>;
+
+/// A sink running in its own task, with the configuration it really runs with.
 struct RunningSink {
     name: &'static str,
+    /// Tells this sink apart from a later one of the same name, when it reports finishing.
+    id: u64,
+    config: Arc<Config>,
     commands: tokio::sync::mpsc::Sender<SinkCommand>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -194,31 +273,45 @@ struct SinkCommand {
     reply: oneshot::Sender<anyhow::Result<bool>>,
 }
 
-impl RunningSink {
+/// Starts sinks: feeds each the broadcast snapshots and hears which finish for good.
+struct SinkStarter {
+    frames: broadcast::Sender<Frame>,
+    finished: tokio::sync::mpsc::UnboundedSender<u64>,
+    next_id: u64,
+}
+
+impl SinkStarter {
     /// Builds the sink (it is ready when this returns) and starts feeding it.
     async fn start(
+        &mut self,
         name: &'static str,
         config: &Arc<Config>,
-        frames: &broadcast::Sender<Frame>,
     ) -> anyhow::Result<RunningSink> {
         let plugin = plugin::find::<SinkPlugin>(name)
             .with_context(|| format!("no sink is registered as {name:?}"))?;
         let mut sink = (plugin.build)(config.clone())
             .await
             .with_context(|| format!("sink {name}"))?;
-        let mut rx = frames.subscribe();
+        let id = self.next_id;
+        self.next_id += 1;
+        let finished = self.finished.clone();
+        let mut rx = self.frames.subscribe();
         let (commands, mut command_rx) = tokio::sync::mpsc::channel::<SinkCommand>(1);
         let task = tokio::spawn(async move {
             let (mut failures, mut lagging) = (RateLimit::default(), RateLimit::default());
-            loop {
+            let gone = loop {
                 tokio::select! {
                     biased;
                     command = command_rx.recv() => match command {
                         Some(SinkCommand { config, reply }) => {
                             let _ = reply.send(sink.reconfigure(&config).await);
                         }
-                        None => break,
+                        None => break false,
                     },
+                    why = sink.finished() => {
+                        info!(sink = name, "{why}; no more snapshots go to this sink");
+                        break true;
+                    }
                     frame = rx.recv() => match frame {
                         Ok(frame) => {
                             if let Err(e) = sink.publish(&frame).await {
@@ -232,20 +325,27 @@ impl RunningSink {
                                 warn!(sink = name, lost, held_back, "sink fell behind; dropped its oldest snapshots");
                             }
                         }
-                        Err(broadcast::error::RecvError::Closed) => break,
+                        Err(broadcast::error::RecvError::Closed) => break false,
                     },
                 }
-            }
+            };
             sink.close().await;
             debug!(sink = name, "closed");
+            if gone {
+                let _ = finished.send(id);
+            }
         });
         Ok(RunningSink {
             name,
+            id,
+            config: config.clone(),
             commands,
             task,
         })
     }
+}
 
+impl RunningSink {
     /// `Ok(true)` when the sink adopted `config` in place.
     async fn reconfigure(&self, config: &Arc<Config>) -> anyhow::Result<bool> {
         let (reply, answer) = oneshot::channel();
@@ -275,11 +375,14 @@ impl RunningSink {
 
 /// A running pipeline; see the module documentation.
 pub struct Pipeline {
-    config: Arc<Config>,
-    frames: broadcast::Sender<Frame>,
-    collector: mpsc::Sender<Control>,
-    collector_thread: thread::JoinHandle<()>,
+    starter: SinkStarter,
     sinks: Vec<RunningSink>,
+    /// Ids of sinks that finished for good, from their tasks.
+    finished: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    collecting: Collecting,
+    collector: mpsc::Sender<Control>,
+    /// `None` once the collector thread's end has been seen.
+    collector_exit: Option<CollectorExit>,
 }
 
 impl Pipeline {
@@ -287,54 +390,80 @@ impl Pipeline {
     /// snapshot follows after [`warm_up`].
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Pipeline> {
         let (frames, _) = broadcast::channel(SINK_QUEUE);
+        let (finished_tx, finished) = tokio::sync::mpsc::unbounded_channel();
+        let mut starter = SinkStarter {
+            frames,
+            finished: finished_tx,
+            next_id: 0,
+        };
         let mut sinks = Vec::with_capacity(config.sinks.len());
         for &name in &config.sinks {
-            sinks.push(RunningSink::start(name, &config, &frames).await?);
+            sinks.push(starter.start(name, &config).await?);
         }
         let collection = Collection::new(&config.sources, config.format, &HostFs::default())?;
         let ticker = Ticker::new(Instant::now() + warm_up(config.interval), config.interval);
         let (collector, control) = mpsc::channel();
-        let thread_frames = frames.clone();
-        let collector_thread = thread::Builder::new()
-            .name("collector".into())
-            .spawn(move || run_collector(collection, ticker, thread_frames, control))
+        let (exit, collector_exit) = oneshot::channel();
+        let frames = starter.frames.clone();
+        quiet_collector_panics();
+        thread::Builder::new()
+            .name(COLLECTOR.into())
+            .spawn(move || {
+                let _ = exit.send(contain(|| {
+                    run_collector(collection, ticker, frames, control)
+                }));
+            })
             .context("starting the collector thread")?;
         Ok(Pipeline {
-            config,
-            frames,
-            collector,
-            collector_thread,
+            starter,
             sinks,
+            finished,
+            collecting: Collecting::of(&config),
+            collector,
+            collector_exit: Some(collector_exit),
         })
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// Whether everything runs with `config` already: every sink it names, with exactly
+    /// these settings, no other sink, and the collection it asks for.
+    pub fn runs(&self, config: &Config) -> bool {
+        self.collecting == Collecting::of(config)
+            && self.sinks.len() == config.sinks.len()
+            && (config.sinks.iter())
+                .all(|&name| (self.sinks.iter()).any(|s| s.name == name && *s.config == *config))
     }
 
-    /// Applies a new (already validated) configuration. Sinks that stay adopt it in place
-    /// where they can (a TCP publisher keeps its subscribers); others are rebuilt, the new
-    /// one started before the old one closes. A sink that cannot take the new settings keeps
-    /// running on the old ones, and the error says so.
+    /// Applies a new (already validated) configuration wherever it differs from what runs.
+    /// Sinks adopt it in place where they can (a TCP publisher keeps its subscribers);
+    /// others are rebuilt, the new one started before the old one closes. A sink that cannot
+    /// take the new settings keeps running on its old ones, and the error says so; so does
+    /// the collection when a new source cannot be built.
     pub async fn reload(&mut self, config: Arc<Config>) -> anyhow::Result<()> {
         let mut problems = Vec::new();
         let mut old = std::mem::take(&mut self.sinks);
         let deadline = || tokio::time::Instant::now() + CLOSE_TIMEOUT;
         for &name in &config.sinks {
-            let Some(running) = old
+            let Some(mut running) = old
                 .iter()
                 .position(|s| s.name == name)
                 .map(|i| old.remove(i))
             else {
-                match RunningSink::start(name, &config, &self.frames).await {
+                match self.starter.start(name, &config).await {
                     Ok(new) => self.sinks.push(new),
                     Err(e) => problems.push(format!("{e:#}")),
                 }
                 continue;
             };
+            if *running.config == *config {
+                self.sinks.push(running);
+                continue;
+            }
             match running.reconfigure(&config).await {
-                Ok(true) => self.sinks.push(running),
-                Ok(false) => match RunningSink::start(name, &config, &self.frames).await {
+                Ok(true) => {
+                    running.config = config.clone();
+                    self.sinks.push(running);
+                }
+                Ok(false) => match self.starter.start(name, &config).await {
                     Ok(new) => {
                         running.stop(deadline()).await;
                         self.sinks.push(new);
@@ -354,31 +483,25 @@ impl Pipeline {
             removed.stop(deadline()).await;
         }
 
-        let added: Vec<_> = (config.sources.iter())
-            .filter(|name| !self.config.sources.contains(name))
-            .copied()
-            .collect();
-        self.config = match NamedSource::build_all(&added, &HostFs::default()) {
-            Ok(fresh) => {
-                let _ = self.collector.send(Control::Apply {
-                    sources: config.sources.clone(),
-                    fresh,
-                    format: config.format,
-                    interval: config.interval,
-                });
-                config
+        let wanted = Collecting::of(&config);
+        if wanted != self.collecting {
+            let added: Vec<_> = (wanted.sources.iter())
+                .filter(|name| !self.collecting.sources.contains(name))
+                .copied()
+                .collect();
+            match NamedSource::build_all(&added, &HostFs::default()) {
+                Ok(fresh) => {
+                    let _ = self.collector.send(Control::Apply {
+                        sources: wanted.sources.clone(),
+                        fresh,
+                        format: wanted.format,
+                        interval: wanted.interval,
+                    });
+                    self.collecting = wanted;
+                }
+                Err(e) => problems.push(format!("{e:#} (collection unchanged)")),
             }
-            Err(e) => {
-                problems.push(format!("{e:#} (collection unchanged)"));
-                // Remember what the collector still runs, so the next reload diffs from it.
-                Arc::new(Config {
-                    sources: self.config.sources.clone(),
-                    interval: self.config.interval,
-                    format: self.config.format,
-                    ..(*config).clone()
-                })
-            }
-        };
+        }
         if problems.is_empty() {
             info!("configuration reloaded");
             Ok(())
@@ -387,16 +510,54 @@ impl Pipeline {
         }
     }
 
-    /// Stops collecting, lets every sink flush and close, and returns within about a second.
+    /// Resolves when the pipeline cannot go on: `Ok` once every sink has finished for good
+    /// (stdout's reader has gone, say), an error if the collector thread has died. Each
+    /// finished sink is removed meanwhile, so a reload starts it again.
+    pub async fn ended(&mut self) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                exit = collector_ended(&mut self.collector_exit) => {
+                    let why = exit.err().unwrap_or_else(|| "it stopped unasked".into());
+                    anyhow::bail!("the collector thread died, no more snapshots: {why}");
+                }
+                Some(id) = self.finished.recv() => {
+                    self.sinks.retain(|s| s.id != id);
+                    if self.sinks.is_empty() {
+                        info!("every sink has finished");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops collecting, lets every sink flush and close, and returns within about a second:
+    /// a collector or sink still busy then is abandoned.
     pub async fn shutdown(self) {
-        let _ = self.collector.send(Control::Stop);
-        let _ = tokio::task::spawn_blocking(move || self.collector_thread.join()).await;
-        drop(self.frames);
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        let _ = self.collector.send(Control::Stop);
+        if let Some(exit) = self.collector_exit {
+            if tokio::time::timeout_at(deadline, exit).await.is_err() {
+                warn!("the collector did not stop in time; abandoned");
+            }
+        }
+        drop(self.starter);
         for sink in self.sinks {
             sink.stop(deadline).await;
         }
     }
+}
+
+/// How the collector thread ended, once it has; never if that has already been seen.
+async fn collector_ended(exit: &mut Option<CollectorExit>) -> Result<(), String> {
+    let Some(receiver) = exit else {
+        return std::future::pending().await;
+    };
+    let ended = receiver
+        .await
+        .unwrap_or_else(|_| Err("it ended without a word".into()));
+    *exit = None;
+    ended
 }
 
 #[cfg(test)]
@@ -453,6 +614,47 @@ mod tests {
         );
         assert_eq!(frames[2]["flaky"], 3);
         assert_eq!(collection.seq, 3);
+    }
+
+    /// A source whose sections panic when encoded.
+    struct ViewPanics;
+
+    impl Source for ViewPanics {
+        fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+            Ok(Box::new(ViewPanics))
+        }
+    }
+
+    impl Section for ViewPanics {
+        fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+            panic!("no view")
+        }
+    }
+
+    #[test]
+    fn a_section_that_panics_while_encoding_is_left_out() {
+        let mut collection =
+            Collection::new(&["memory"], Format::Seed, &HostFs::default()).unwrap();
+        collection.sources.insert(
+            0,
+            NamedSource {
+                name: "panics",
+                source: Box::new(ViewPanics),
+                failures: RateLimit::default(),
+            },
+        );
+        for seq in 0..2 {
+            let frame = collection.collect();
+            assert_eq!(frame.seq, seq);
+            let json: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
+            let names: Vec<&str> = json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(names, ["timestamp", "memory"]);
+        }
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub trait Sink: Send {
         Ok(false)
     }
 
+    /// Resolves, with the reason, once this sink can never publish again (the reader of
+    /// stdout has gone, say). The pipeline then closes and removes it, and stops when no
+    /// sink is left. Never resolves by default.
+    async fn finished(&mut self) -> String {
+        std::future::pending().await
+    }
+
     /// Flushes and releases everything; called once at shutdown or removal.
     async fn close(&mut self) {}
 }

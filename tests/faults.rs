@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::process::{ChildStdout, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -293,4 +295,136 @@ fn a_symlink_swapped_in_for_the_file_is_never_written_through() {
         (fresh && snapshot_lines(&file).len() >= 3).then_some(())
     });
     assert_eq!(std::fs::read(&victim).unwrap(), VICTIM);
+}
+
+/// The agent with `args`, and its stdout pipe, which the test reads (or not) itself.
+fn agent_and_its_stdout(args: &[&str]) -> (Agent, ChildStdout) {
+    let mut child = Agent::command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting pocketses");
+    let stdout = child.stdout.take().unwrap();
+    (Agent::from_child(child), stdout)
+}
+
+#[test]
+fn sigterm_stops_the_agent_while_nobody_reads_its_stdout() {
+    let _heavy = heavy();
+    let (mut agent, _unread) = agent_and_its_stdout(&[
+        "--sinks",
+        "tcp,stdout",
+        "--port",
+        "0",
+        "--interval",
+        "0.01",
+        "--format",
+        "raw",
+    ]);
+    // 200 raw snapshots of at least 1 KiB each overfill the 64 KiB pipe: its writer is stuck.
+    let mut sub = Subscriber::connect(agent.address());
+    for _ in 0..200 {
+        sub.snapshot();
+    }
+    agent.signal(Signal::SIGTERM);
+    let asked = Instant::now();
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    let took = asked.elapsed();
+    println!("exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+#[test]
+fn when_stdout_is_the_only_sink_and_its_reader_goes_the_agent_exits_0() {
+    let (mut agent, stdout) = agent_and_its_stdout(&["--sinks", "stdout", "--interval", "0.01"]);
+    // What `pocketses --sinks stdout | head -2` does.
+    let mut reader = BufReader::new(stdout);
+    for _ in 0..2 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        timestamp(&line);
+    }
+    drop(reader);
+    let closed = Instant::now();
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    println!(
+        "exited {:?} after its reader closed stdout",
+        closed.elapsed()
+    );
+    agent.wait_log("stdout was closed by its reader");
+}
+
+#[test]
+fn a_closed_stdout_is_dropped_once_and_the_other_sinks_go_on() {
+    let (mut agent, stdout) =
+        agent_and_its_stdout(&["--sinks", "tcp,stdout", "--port", "0", "--interval", "0.01"]);
+    let mut sub = Subscriber::connect(agent.address());
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // The reader is gone now.
+    agent.wait_log("stdout was closed by its reader");
+    let stamps: Vec<String> = (0..50).map(|_| timestamp(&sub.snapshot())).collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    assert!(agent.is_running());
+    let about_stdout: Vec<String> = (agent.stderr.snapshot().into_iter())
+        .filter(|l| l.contains("stdout") && !l.contains("pocketses started"))
+        .collect();
+    assert_eq!(about_stdout.len(), 1, "{about_stdout:#?}");
+}
+
+#[test]
+fn a_section_that_panics_while_encoding_is_left_out_and_the_rest_published() {
+    let agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--sources",
+        "cpu,test-view-panics,memory",
+        "--interval",
+        "0.01",
+    ]);
+    for _ in 0..50 {
+        let snapshot = agent.snapshot_where("a snapshot", |_| true);
+        let keys: Vec<&str> = snapshot
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["timestamp", "cpu", "memory"]);
+    }
+    // One warning (rate-limited) that names the source and where it panicked; the panic
+    // hook's own message, once per tick, stays out of the log.
+    let log = agent.stderr.snapshot();
+    let warnings: Vec<&String> = log.iter().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(warnings.len(), 1, "{log:#?}");
+    for part in [
+        "test-view-panics",
+        "encoding panicked",
+        "sources/testing.rs",
+    ] {
+        assert!(
+            warnings[0].contains(part),
+            "{part:?} not in {}",
+            warnings[0]
+        );
+    }
+}
+
+#[test]
+fn a_dead_collector_stops_the_agent_with_exit_1() {
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--sources",
+        "cpu,test-drop-panics",
+        "--interval",
+        "0.05",
+    ]);
+    assert_eq!(agent.wait_exit().code(), Some(1));
+    let line = agent.wait_log("the collector thread died");
+    assert!(
+        line.contains("test-drop-panics panics when dropped"),
+        "{line}"
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use common::{pocketses, run, Agent, Scratch};
+use common::{pocketses, run, Agent, Scratch, Subscriber};
 use snapd_support::fake::{raw_exchange, FakeSnapd, Mode, Recorded};
 use snapd_support::real::{self, snapctl, RealSnapd};
 use snapd_support::{run_measuring_memory, sections};
@@ -663,4 +663,33 @@ fn a_document_of_many_bad_keys_gives_a_bounded_message() {
         stderr.ends_with("pocketses: … and 49980 more invalid settings\n"),
         "{stderr:.500}"
     );
+}
+
+#[test]
+fn a_reload_refused_for_a_port_in_use_is_retried_once_the_port_is_free() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"port": 0}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .args(["--sinks", "tcp", "--interval", "0.1"]),
+    );
+    let old = agent.address();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let new = taken.local_addr().unwrap();
+
+    fake.set_config(json!({"port": new.port()}));
+    agent.signal(Signal::SIGHUP);
+    let line = agent.next_log("reload");
+    assert!(line.contains("Address already in use"), "{line}");
+    assert!(line.contains("the old tcp sink keeps running"), "{line}");
+    Subscriber::connect(old).snapshot();
+
+    // The obstacle is gone: the next reload must try again, not find nothing to do.
+    drop(taken);
+    agent.signal(Signal::SIGHUP);
+    let line = agent.next_log("reload");
+    assert!(line.contains("configuration reloaded"), "{line}");
+    Subscriber::connect(new).snapshot();
 }

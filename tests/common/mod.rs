@@ -180,20 +180,32 @@ impl Agent {
 
     /// Starts the agent after `setup` has adjusted the command (limits, environment).
     pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Agent {
-        let mut command = pocketses();
-        command.arg("--no-snap").args(args).env("RUST_LOG", "info");
+        let mut command = Agent::command(args);
         setup(&mut command);
         Agent::spawn(&mut command)
     }
 
+    /// What [`Agent::start`] runs: the agent with `args`, no snap configuration, info logs.
+    pub fn command(args: &[&str]) -> Command {
+        let mut command = pocketses();
+        command.arg("--no-snap").args(args).env("RUST_LOG", "info");
+        command
+    }
+
     /// Starts `command` as it is, collecting its stdout and stderr lines.
     pub fn spawn(command: &mut Command) -> Agent {
-        let mut child = command
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting pocketses");
+        Agent::from_child(child)
+    }
+
+    /// Watches an agent already started, collecting the lines of the pipes it was given that
+    /// the caller has not taken (a test may take stdout to read it, or not, itself).
+    pub fn from_child(mut child: Child) -> Agent {
         let stdout = child.stdout.take().map(Lines::collect).unwrap_or_default();
         let stderr = child.stderr.take().map(Lines::collect).unwrap_or_default();
         Agent {

@@ -1,0 +1,59 @@
+//! Test-only sources (feature `test-plugins`, which only `cargo test` turns on): sections
+//! that panic where a real source's must not, so the integration tests can check what the
+//! running agent does then.
+
+use crate::encode::Format;
+use crate::model::Section;
+use crate::plugin::{Source, SourcePlugin};
+
+inventory::submit! {
+    SourcePlugin {
+        name: "test-view-panics",
+        aliases: &[],
+        description: "test only: a section whose view panics",
+        build: |_| Ok(Box::new(Sections(|| Box::new(ViewPanics)))),
+    }
+}
+
+inventory::submit! {
+    SourcePlugin {
+        name: "test-drop-panics",
+        aliases: &[],
+        description: "test only: a section that panics when dropped, ending the collector",
+        build: |_| Ok(Box::new(Sections(|| Box::new(DropPanics)))),
+    }
+}
+
+/// A source whose every collection is a new section from its function.
+struct Sections(fn() -> Box<dyn Section>);
+
+impl Source for Sections {
+    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        Ok((self.0)())
+    }
+}
+
+struct ViewPanics;
+
+impl Section for ViewPanics {
+    fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        panic!("test-view-panics panics in view, as asked");
+    }
+}
+
+/// The collector contains panics in a source's collection and its section's encoding, but
+/// not in dropping a section (nothing that real sections do): this one stands for whatever
+/// else could still end the collector thread.
+struct DropPanics;
+
+impl Section for DropPanics {
+    fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        Box::new(0)
+    }
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        panic!("test-drop-panics panics when dropped, as asked");
+    }
+}
