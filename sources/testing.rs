@@ -2,6 +2,8 @@
 //! that panic where a real source's must not, so the integration tests can check what the
 //! running agent does then.
 
+use async_trait::async_trait;
+
 use crate::encode::Format;
 use crate::model::Section;
 use crate::plugin::{Source, SourcePlugin};
@@ -27,8 +29,9 @@ inventory::submit! {
 /// A source whose every collection is a new section from its function.
 struct Sections(fn() -> Box<dyn Section>);
 
+#[async_trait]
 impl Source for Sections {
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         Ok((self.0)())
     }
 }

@@ -56,6 +56,11 @@ pub struct Args {
     /// Rotated files kept (.1 to .N) [default: 5]
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub file_max_files: Option<String>,
+    /// Read /proc and /sys under DIR (the host's root mounted in a container, a fixture
+    /// tree); it does not change the network namespace that interface addresses come from,
+    /// nor the agent's own limits [default: /]
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<String>,
     /// Collect one snapshot, print it to stdout and exit, whatever the sinks
     #[arg(long, conflicts_with_all = ["list", "check"])]
     pub once: bool,
@@ -93,6 +98,7 @@ impl Args {
             ("file.path", &self.file_path),
             ("file.max-size", &self.file_max_size),
             ("file.max-files", &self.file_max_files),
+            ("host-root", &self.host_root),
         ]
         .into_iter()
         .filter_map(|(key, value)| Some((key, value.as_deref()?)))
@@ -200,7 +206,7 @@ pub fn main() -> ExitCode {
         if let Some(sinks) = &args.sinks {
             warn!("--once prints to stdout only; --sinks {sinks} is ignored");
         }
-        once(&config)
+        once(runtime, &config)
     } else {
         serve(runtime, args, config)
     };
@@ -230,10 +236,16 @@ pub fn plugin_list() -> String {
 }
 
 /// `--once`: one snapshot, CPU utilization measured over the warm-up.
-fn once(config: &Config) -> anyhow::Result<()> {
-    let mut collection = Collection::new(&config.sources, config.format, &HostFs::default())?;
-    std::thread::sleep(warm_up(config.interval));
-    let frame = collection.collect();
+fn once(runtime: Runtime, config: &Config) -> anyhow::Result<()> {
+    let host = HostFs::new(&config.host_root);
+    let frame = runtime.block_on(async {
+        let mut collection =
+            Collection::new(&config.sources, config.format, config.interval, &host)?;
+        tokio::time::sleep(warm_up(config.interval)).await;
+        anyhow::Ok(collection.collect().await)
+    })?;
+    // A source that missed the deadline may still be out on a blocking thread.
+    runtime.shutdown_background();
     let mut out = std::io::stdout().lock();
     out.write_all(&frame.json)?;
     out.write_all(b"\n")?;

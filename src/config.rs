@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::encode::Format;
@@ -81,6 +81,8 @@ pub struct Config {
     pub file_path: PathBuf,
     pub file_max_size: u64,
     pub file_max_files: u32,
+    /// Where sources read `/proc` and `/sys` from.
+    pub host_root: PathBuf,
 }
 
 /// Every settable key, with what it accepts (for errors and `--help`-style listings).
@@ -107,6 +109,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "a size from 1K to 1T: bytes, or a number with a K, M, G or T suffix (1024-based)",
     ),
     ("file.max-files", "a whole number from 1 to 1000"),
+    (
+        "host-root",
+        "an existing directory whose proc and sys are read, e.g. / or /host",
+    ),
 ];
 
 /// The keys that hold lists of names.
@@ -131,6 +137,7 @@ impl Default for Config {
             file_path,
             file_max_size: 10 << 20,
             file_max_files: 5,
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -175,6 +182,10 @@ impl Config {
                 self.file_max_files =
                     parse_in_range(v, 1, 1000).ok_or_else(|| allowed(describe()))? as u32
             }
+            "host-root" if v.contains(char::is_control) || !Path::new(v).is_dir() => {
+                return Err(allowed(describe()))
+            }
+            "host-root" => self.host_root = PathBuf::from(v),
             _ => {
                 return Err(ConfigError {
                     key: key.to_string(),
@@ -190,7 +201,7 @@ impl Config {
     /// The settings as `key=value` lines, as `--check` shows them.
     pub fn describe(&self) -> String {
         format!(
-            "sources={}\nsinks={}\nport={}\nbind={}\ninterval={}\nformat={}\nmax-clients={}\nfile.path={}\nfile.max-size={}\nfile.max-files={}\n",
+            "sources={}\nsinks={}\nport={}\nbind={}\ninterval={}\nformat={}\nmax-clients={}\nfile.path={}\nfile.max-size={}\nfile.max-files={}\nhost-root={}\n",
             self.sources.join(","),
             self.sinks.join(","),
             self.port,
@@ -201,6 +212,7 @@ impl Config {
             self.file_path.display(),
             self.file_max_size,
             self.file_max_files,
+            self.host_root.display(),
         )
     }
 }

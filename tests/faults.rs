@@ -422,7 +422,7 @@ fn a_dead_collector_stops_the_agent_with_exit_1() {
         "0.05",
     ]);
     assert_eq!(agent.wait_exit().code(), Some(1));
-    let line = agent.wait_log("the collector thread died");
+    let line = agent.wait_log("the collector task died");
     assert!(
         line.contains("test-drop-panics panics when dropped"),
         "{line}"

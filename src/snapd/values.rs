@@ -104,7 +104,8 @@ mod tests {
                 "interval",
                 "format",
                 "max-clients",
-                "file"
+                "file",
+                "host-root"
             ]
         );
     }
