@@ -1,6 +1,6 @@
 //! Test-only sources (feature `test-plugins`, which only `cargo test` turns on): sections
-//! that panic where a real source's must not, so the integration tests can check what the
-//! running agent does then.
+//! that panic where a real source's must not, and a source that blocks, so the integration
+//! tests can check what the running agent does then.
 
 use async_trait::async_trait;
 
@@ -23,6 +23,43 @@ inventory::submit! {
         aliases: &[],
         description: "test only: a section that panics when dropped, ending the collector",
         build: |_| Ok(Box::new(Sections(|| Box::new(DropPanics)))),
+    }
+}
+
+inventory::submit! {
+    SourcePlugin {
+        name: "test-slow",
+        aliases: &[],
+        description: "test only: every second call blocks for 500 ms; sections count the calls",
+        build: |_| Ok(Box::new(Slow { calls: 0 })),
+    }
+}
+
+/// A source that blocks every second call, the way a hung filesystem would, to show the
+/// deadline at work: its section is the number of calls made so far, so a consumer can see
+/// that a call still out is never repeated.
+struct Slow {
+    calls: u32,
+}
+
+#[async_trait]
+impl Source for Slow {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            // Blocking work goes to a blocking thread, as the Source docs ask.
+            let blocked = || std::thread::sleep(std::time::Duration::from_millis(500));
+            tokio::task::spawn_blocking(blocked).await?;
+        }
+        Ok(Box::new(Calls(self.calls)))
+    }
+}
+
+struct Calls(u32);
+
+impl Section for Calls {
+    fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        Box::new(self.0)
     }
 }
 
