@@ -21,6 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::{self, catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll, Waker};
@@ -121,8 +122,8 @@ impl Collection {
         })
     }
 
-    /// Switches to `names`, `format` and `interval`, keeping the state (baselines, totals,
-    /// a call still out) of sources that stay and taking the others from `fresh`.
+    /// Switches to `names`, `format` and `interval`, taking the sources in `fresh` from
+    /// there and keeping the state (baselines, totals, a call still out) of the others.
     fn switch(&mut self, apply: Apply) {
         let Apply {
             sources: names,
@@ -136,7 +137,7 @@ impl Collection {
             Some(list.remove(i))
         };
         for &name in &names {
-            if let Some(slot) = take(&mut old, name).or_else(|| take(&mut fresh, name)) {
+            if let Some(slot) = take(&mut fresh, name).or_else(|| take(&mut old, name)) {
                 self.slots.push(slot);
             }
         }
@@ -363,6 +364,7 @@ struct Collecting {
     sources: Vec<&'static str>,
     format: Format,
     interval: Duration,
+    host_root: PathBuf,
 }
 
 impl Collecting {
@@ -371,6 +373,7 @@ impl Collecting {
             sources: config.sources.clone(),
             format: config.format,
             interval: config.interval,
+            host_root: config.host_root.clone(),
         }
     }
 }
@@ -542,8 +545,6 @@ pub struct Pipeline {
     /// Ids of sinks that finished for good, from their tasks.
     finished: tokio::sync::mpsc::UnboundedReceiver<u64>,
     collecting: Collecting,
-    /// Where the host is read from, for sources a reload adds.
-    host: HostFs,
     /// Changes for the ticking task; dropping it stops that task.
     collector: mpsc::UnboundedSender<Apply>,
     /// The ticking task; `None` once its end has been seen.
@@ -576,7 +577,6 @@ impl Pipeline {
             sinks,
             finished,
             collecting: Collecting::of(&config),
-            host,
             collector,
             collector_task: Some(collector_task),
         })
@@ -643,11 +643,15 @@ impl Pipeline {
 
         let wanted = Collecting::of(&config);
         if wanted != self.collecting {
+            // A new host root makes every source new: the state of the others is another
+            // tree's.
+            let new_root = wanted.host_root != self.collecting.host_root;
             let added: Vec<_> = (wanted.sources.iter())
-                .filter(|name| !self.collecting.sources.contains(name))
+                .filter(|name| new_root || !self.collecting.sources.contains(name))
                 .copied()
                 .collect();
-            match Slot::build_all(&added, &self.host) {
+            let host = HostFs::new(&wanted.host_root);
+            match Slot::build_all(&added, &host) {
                 Ok(fresh) => {
                     let _ = self.collector.send(Apply {
                         sources: wanted.sources.clone(),

@@ -495,7 +495,7 @@ fn a_source_stuck_past_the_deadline_is_left_out_and_never_called_twice_at_once()
     let _heavy = heavy();
     // test-slow: odd calls answer at once, even ones block for 500 ms; its section is the
     // number of calls made so far.
-    let agent = Agent::start(&[
+    let mut agent = Agent::start(&[
         "--sinks",
         "stdout",
         "--sources",
@@ -522,4 +522,13 @@ fn a_source_stuck_past_the_deadline_is_left_out_and_never_called_twice_at_once()
     }
     let line = agent.wait_log("no answer by the tick's deadline");
     assert!(line.contains("test-slow"), "{line}");
+    // Right after a call blocked: the blocking thread does not hold the exit back.
+    agent.snapshot_where("test-slow's answer", |s| s.get("test-slow").is_some());
+    agent.snapshot_where("the next snapshot", |_| true);
+    let asked = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    let took = asked.elapsed();
+    eprintln!("exit {took:?} after SIGTERM, a call blocked");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }

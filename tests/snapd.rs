@@ -693,3 +693,26 @@ fn a_reload_refused_for_a_port_in_use_is_retried_once_the_port_is_free() {
     assert!(line.contains("configuration reloaded"), "{line}");
     Subscriber::connect(new).snapshot();
 }
+
+#[test]
+fn a_reload_to_another_host_root_reads_every_source_from_there() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"sources": "memory,cpu"}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .args(["--sinks", "stdout", "--interval", "0.1", "--format", "raw"]),
+    );
+    agent.snapshot_where("a snapshot of this host", |s| {
+        sections(s) == ["memory", "cpu"]
+    });
+    // node_exporter's tree: MemTotal 3742148 kB, eight CPUs.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node_exporter");
+    fake.set_config(json!({"sources": "memory,cpu", "host-root": root}));
+    agent.signal(Signal::SIGHUP);
+    let s = agent.snapshot_where("a snapshot of the tree", |s| {
+        s["memory"]["total_bytes"] == 3_742_148u64 * 1024
+    });
+    assert_eq!(s["cpu"]["count"], 8, "{s}");
+}
