@@ -197,3 +197,52 @@ fn a_subscriber_that_closes_entirely_is_let_go() {
     next.snapshot();
     assert!(agent.is_running());
 }
+
+/// A subscriber admitted (its first line a snapshot) at `addr`, trying again while the
+/// agent refuses with "too many subscribers".
+fn admitted(addr: SocketAddr) -> Subscriber {
+    wait_for("a place for a real subscriber", || {
+        let mut sub = Subscriber::connect(addr);
+        let line = sub.line()?;
+        (!line.contains("too many subscribers")).then(|| {
+            timestamp(&line);
+            sub
+        })
+    })
+}
+
+/// Connects and closes at once, as a port scanner or a health probe does.
+fn probe(addr: SocketAddr) {
+    drop(TcpStream::connect(addr).unwrap());
+}
+
+#[test]
+fn a_connect_and_close_probe_frees_its_place_before_the_next_tick() {
+    let agent = Agent::start(&[
+        "--sinks",
+        "tcp,stdout",
+        "--port",
+        "0",
+        "--interval",
+        "60",
+        "--max-clients",
+        "1",
+    ]);
+    let addr = agent.address();
+    agent.snapshot_where("the first snapshot", |_| true);
+    probe(addr);
+    // Held until the next tick (60 s), the only place would refuse everyone until then.
+    admitted(addr);
+}
+
+#[test]
+fn after_a_storm_of_connect_and_close_a_subscriber_is_admitted_before_the_next_tick() {
+    let agent = Agent::start(&["--sinks", "tcp,stdout", "--port", "0", "--interval", "60"]);
+    let addr = agent.address();
+    agent.snapshot_where("the first snapshot", |_| true);
+    // More probes than the 1024 places, as fast as they come.
+    for _ in 0..1200 {
+        probe(addr);
+    }
+    admitted(addr);
+}
