@@ -559,3 +559,66 @@ fn real_snapd_contract_configure_hook_and_reload() {
         agent.snapshot_where("a snapshot", |_| true)
     });
 }
+
+/// A port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// `snap set pocketses bind=…` then the configure hook's reload.
+fn reload_with(agent: &Agent, fake: &FakeSnapd, config: Value) {
+    fake.set_config(config);
+    agent.signal(Signal::SIGHUP);
+}
+
+#[test]
+fn changing_only_bind_on_the_same_port_moves_the_listener() {
+    use common::Subscriber;
+    use std::net::{SocketAddr, TcpStream};
+
+    let dir = Scratch::new();
+    let port = free_port();
+    let narrow = json!({"bind": "127.0.0.1", "port": port, "interval": 0.1});
+    let wide = json!({"bind": "0.0.0.0", "port": port, "interval": 0.1});
+    let fake = FakeSnapd::start(dir.dir(), narrow.clone(), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .env("RUST_LOG", "info"),
+    );
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Another loopback address: only a wildcard listener answers on it.
+    let other: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    agent.wait_log(&format!("listening on {local}"));
+    Subscriber::connect(local).snapshot();
+    assert!(
+        TcpStream::connect(other).is_err(),
+        "127.0.0.1 only, at first"
+    );
+
+    reload_with(&agent, &fake, wide.clone());
+    agent.wait_log(&format!("listening on 0.0.0.0:{port};"));
+    agent.next_log("configuration reloaded");
+    let mut remote = Subscriber::connect(other);
+    remote.snapshot();
+
+    // Narrowing cuts the subscribers the new address would not admit.
+    reload_with(&agent, &fake, narrow);
+    agent.next_log("configuration reloaded");
+    remote.drain_to_eof();
+    assert!(TcpStream::connect(other).is_err(), "127.0.0.1 only, again");
+    let mut kept = Subscriber::connect(local);
+    kept.snapshot();
+
+    // Someone else holds the port on another address: the move fails, and the old listener
+    // and its subscribers keep running.
+    let blocker = std::net::TcpListener::bind(other).unwrap();
+    reload_with(&agent, &fake, wide);
+    let line = agent.next_log(&format!("listening on 0.0.0.0:{port}: "));
+    assert!(line.contains("keeps its old settings"), "{line}");
+    kept.snapshot();
+    Subscriber::connect(local).snapshot();
+    drop(blocker);
+}
