@@ -87,7 +87,7 @@ impl TcpSink {
     async fn start(config: &Config) -> anyhow::Result<TcpSink> {
         let wanted = SocketAddr::new(config.bind, config.port);
         let listener = listen(wanted).with_context(|| format!("listening on {wanted}"))?;
-        let hub = Arc::new(Hub::new(config));
+        let hub = Arc::new(Hub::new(config, None));
         Ok(TcpSink {
             bind: config.bind,
             port: config.port,
@@ -104,13 +104,14 @@ impl TcpSink {
     /// listener is usually what is in the way (127.0.0.1:P → 0.0.0.0:P), so then the old
     /// listener is closed, the new one bound, and if that still fails the old address is
     /// bound again with its subscribers kept: the sink runs as before the reload.
-    async fn move_to(&mut self, wanted: SocketAddr) -> anyhow::Result<()> {
+    async fn move_to(&mut self, config: &Config) -> anyhow::Result<()> {
+        let wanted = SocketAddr::new(config.bind, config.port);
         let listening =
             |e: io::Error| anyhow::Error::new(e).context(format!("listening on {wanted}"));
         let listener = match (listen(wanted), self.acceptor.take()) {
             (Ok(listener), old) => {
                 if let Some(old) = old {
-                    self.retire(old).await;
+                    self.retire(old.stop().await, config);
                 }
                 listener
             }
@@ -121,7 +122,7 @@ impl TcpSink {
                 let subscribers = old.stop().await;
                 match listen(wanted) {
                     Ok(listener) => {
-                        self.retire_subscribers(subscribers);
+                        self.retire(subscribers, config);
                         listener
                     }
                     Err(e) => {
@@ -149,17 +150,11 @@ impl TcpSink {
         Ok(())
     }
 
-    /// Stops `old` accepting and closes its subscribers in the background.
-    async fn retire(&mut self, old: Acceptor) {
-        let subscribers = old.stop().await;
-        self.retire_subscribers(subscribers);
-    }
-
     /// Ends the current subscribers (they send what they have queued, then close) and gives
     /// new ones a fresh hub that starts from the latest line.
-    fn retire_subscribers(&mut self, subscribers: JoinSet<()>) {
-        let fresh = Arc::new(Hub::new_after(&self.hub));
-        let old = std::mem::replace(&mut self.hub, fresh);
+    fn retire(&mut self, subscribers: JoinSet<()>, config: &Config) {
+        let latest = self.hub.feed.lock().unwrap().latest.clone();
+        let old = std::mem::replace(&mut self.hub, Arc::new(Hub::new(config, latest)));
         old.close();
         tokio::spawn(drain(subscribers));
     }
@@ -180,8 +175,7 @@ impl Sink for TcpSink {
     /// could not bind while this one holds the port.
     async fn reconfigure(&mut self, config: &Config) -> anyhow::Result<bool> {
         if (config.bind, config.port) != (self.bind, self.port) || self.acceptor.is_none() {
-            self.move_to(SocketAddr::new(config.bind, config.port))
-                .await?;
+            self.move_to(config).await?;
             (self.bind, self.port) = (config.bind, config.port);
         }
         self.hub.adopt(config);
@@ -274,10 +268,11 @@ struct Feed {
 }
 
 impl Hub {
-    fn new(config: &Config) -> Hub {
+    /// A hub whose subscribers start from `latest`.
+    fn new(config: &Config, latest: Option<Bytes>) -> Hub {
         let hub = Hub {
             feed: Mutex::new(Feed {
-                latest: None,
+                latest,
                 lines: Some(broadcast::channel(QUEUE).0),
             }),
             max_clients: AtomicUsize::new(0),
@@ -287,22 +282,6 @@ impl Hub {
         };
         hub.adopt(config);
         hub
-    }
-
-    /// A hub for the subscribers of a new listener: it starts from `old`'s latest line and
-    /// limits.
-    fn new_after(old: &Hub) -> Hub {
-        let latest = old.feed.lock().unwrap().latest.clone();
-        Hub {
-            feed: Mutex::new(Feed {
-                latest,
-                lines: Some(broadcast::channel(QUEUE).0),
-            }),
-            max_clients: AtomicUsize::new(old.max_clients.load(Ordering::Relaxed)),
-            clients: AtomicUsize::new(0),
-            stall_ms: AtomicU64::new(old.stall_ms.load(Ordering::Relaxed)),
-            stalls: Mutex::new(RateLimit::default()),
-        }
     }
 
     fn adopt(&self, config: &Config) {
@@ -398,16 +377,26 @@ async fn accept_loop(
                     }
                 },
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) if spare.is_some() && is_out_of_fds(&e) => {
-                    drop(spare.take());
-                    if let Some(Ok((stream, _))) = try_accept(&listener).await {
-                        out_of_fds(stream);
-                    }
-                    spare = File::open("/dev/null").ok();
-                }
                 Err(e) => {
-                    // EMFILE without a spare, ENOBUFS: the host is short of something; wait
-                    // for it rather than spin, and keep everything else running.
+                    if is_out_of_fds(&e) {
+                        if let Some(room) = spare.take() {
+                            drop(room);
+                            let told = match try_accept(&listener).await {
+                                Some(Ok((stream, _))) => {
+                                    out_of_fds(stream); // closed before the spare reopens
+                                    true
+                                }
+                                _ => false,
+                            };
+                            spare = File::open("/dev/null").ok();
+                            if told {
+                                continue;
+                            }
+                        }
+                    }
+                    // No spare (or someone else took the descriptor it freed), ENOBUFS: the
+                    // host is short of something; wait for it rather than spin, and keep
+                    // everything else running.
                     if let Some(held_back) = failures.allow(Instant::now()) {
                         warn!(held_back, "accepting subscribers failed, backing off: {e}");
                     }
