@@ -474,7 +474,8 @@ async fn serve(
     // which Linux reports as a socket error (EPIPE in CLOSE_WAIT): watching for it frees the
     // place at once, as a connect-and-close probe has been sent the latest line at accept.
     // A peer that read all it was sent and then closed cleanly shows nothing until our next
-    // write: on the wire it is the same as one that half-closed and is still reading.
+    // write: on the wire it is the same as one that half-closed and is still reading (both
+    // ACK a keepalive probe, which carries no data; only data draws the RST).
     let mut sending = true;
     loop {
         tokio::select! {
