@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::time::{clock_gettime, ClockId};
+
 use pocketses::encode::Format;
 use pocketses::hostfs::HostFs;
 use pocketses::pipeline::Collection;
@@ -14,13 +16,9 @@ const ROUNDS: u32 = 20_000;
 
 /// CPU time of this thread, so other load on the machine does not count.
 fn thread_cpu() -> Duration {
-    let mut ts = nix::libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a live timespec.
-    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .unwrap()
+        .into()
 }
 
 /// Mean CPU time per call of `f`, best of three runs.
