@@ -18,16 +18,21 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# CPU per collection, idle RSS, start-up time; then the publisher: 1000 and 10,000
-# subscribers, p99 delivery latency, the file sink. Prints numbers, asserts nothing.
+# CPU per collection; the whole agent's CPU per tick at 100/s and its RSS next to the
+# simplest possible agent's, run side by side; start-up time; then the publisher: 1000 and
+# 10,000 subscribers, p99 delivery latency, the file sink. Prints numbers, asserts nothing.
 bench:
 	cargo bench --bench collect
+	cargo bench --bench tick
 	cargo bench --bench publisher
 
 # Ten minutes at 100 snapshots/s with subscriber churn, a flooder, a stalled reader and
 # rotation; prints RSS and open descriptors over time. SOAK_SECONDS=60 for a short run.
+# Then 16 starts with 3000 subscribers that never read, each checked for a snapshot and a
+# clean SIGTERM (CROWD_RUNS, CROWD to change; fails if a run hangs).
 soak:
 	cargo bench --bench soak
+	cargo bench --bench crowd
 
 # Coverage-guided fuzzing of setting values, the snap document and snapd's answers, each
 # target for FUZZ_SECONDS on one core; see fuzz/README.md. Needs `cargo install cargo-fuzz`;

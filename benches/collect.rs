@@ -1,10 +1,11 @@
-//! `make bench`: CPU cost of one collection against the floor of just reading the three
-//! /proc files, plus the agent's idle RSS, start-to-first-snapshot time and binary size.
+//! `make bench`: CPU cost of one collection, in-process, against the floor of just reading
+//! the three /proc files. The whole agent per tick, its RSS and start-up: benches/tick.rs.
 //! Prints numbers; asserts nothing (timing belongs here, not in tests).
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::time::Duration;
+
+use nix::time::{clock_gettime, ClockId};
 
 use pocketses::encode::Format;
 use pocketses::hostfs::HostFs;
@@ -14,13 +15,9 @@ const ROUNDS: u32 = 20_000;
 
 /// CPU time of this thread, so other load on the machine does not count.
 fn thread_cpu() -> Duration {
-    let mut ts = nix::libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a live timespec.
-    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .unwrap()
+        .into()
 }
 
 /// Mean CPU time per call of `f`, best of three runs.
@@ -62,35 +59,6 @@ fn collection(sources: &[&'static str], format: Format) -> Duration {
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Starts the agent with the stdout sink, timing spawn to first line, then reads its RSS
-/// after it has idled for a while.
-fn agent_start_and_rss() -> (Duration, u64) {
-    let bin = env!("CARGO_BIN_EXE_pocketses");
-    let start = Instant::now();
-    let mut child = Command::new(bin)
-        .args(["--sinks", "stdout", "--interval", "60", "--no-snap"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let to_first = start.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
-    let rss = rss_kib(child.id());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    (to_first, rss)
-}
-
 fn main() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let floor = floor();
@@ -117,20 +85,4 @@ fn main() {
             us(collection(&[source], Format::Seed))
         );
     }
-
-    let (to_first, rss) = agent_start_and_rss();
-    println!("agent (release build, stdout sink):");
-    println!(
-        "  start to first snapshot: {:.1} ms (includes the {} ms CPU warm-up)",
-        to_first.as_secs_f64() * 1e3,
-        pocketses::pipeline::warm_up(Duration::from_secs(60)).as_millis()
-    );
-    println!("  idle RSS: {:.2} MiB", rss as f64 / 1024.0);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pocketses"))
-        .unwrap()
-        .len();
-    println!(
-        "  binary size (stripped release profile): {:.2} MiB",
-        size as f64 / (1 << 20) as f64
-    );
 }

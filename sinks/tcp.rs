@@ -8,18 +8,21 @@
 //! thrown away, so their window never blocks and their EOF is seen.
 
 use std::cell::RefCell;
+use std::fs::File;
+use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::socket::sockopt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, watch};
@@ -103,8 +106,8 @@ struct TcpSink {
     bind: IpAddr,
     port: u16,
     hub: Arc<Hub>,
-    stop: watch::Sender<bool>,
-    acceptor: Option<JoinHandle<()>>,
+    /// `None` only after a failed move left no listener (see [`TcpSink::move_to`]).
+    acceptor: Option<Acceptor>,
 }
 
 impl TcpSink {
@@ -112,22 +115,76 @@ impl TcpSink {
     async fn start(config: &Config) -> anyhow::Result<TcpSink> {
         let wanted = SocketAddr::new(config.bind, config.port);
         let listener = listen(wanted).with_context(|| format!("listening on {wanted}"))?;
-        let local = listener.local_addr()?;
-        info!(
-            "tcp publisher listening on {local}; subscribe with: telnet {} {}",
-            reachable(local.ip()),
-            local.port()
-        );
-        let hub = Arc::new(Hub::new(config));
-        let (stop, stopped) = watch::channel(false);
-        let acceptor = tokio::spawn(accept_loop(listener, hub.clone(), stopped));
+        let hub = Arc::new(Hub::new(config, None));
         Ok(TcpSink {
             bind: config.bind,
             port: config.port,
+            acceptor: Some(Acceptor::start(listener, hub.clone(), JoinSet::new())?),
             hub,
-            stop,
-            acceptor: Some(acceptor),
         })
+    }
+
+    /// Listens on `wanted` instead of the current address. The old address's subscribers are
+    /// closed: they connected to an address that may no longer admit them (narrowing `bind`
+    /// from 0.0.0.0 to 127.0.0.1 must cut remote subscribers), and they reconnect at once.
+    ///
+    /// Binding first keeps the old listener on any error. But on the same port our own
+    /// listener is usually what is in the way (127.0.0.1:P → 0.0.0.0:P), so then the old
+    /// listener is closed, the new one bound, and if that still fails the old address is
+    /// bound again with its subscribers kept: the sink runs as before the reload.
+    async fn move_to(&mut self, config: &Config) -> anyhow::Result<()> {
+        let wanted = SocketAddr::new(config.bind, config.port);
+        let listening =
+            |e: io::Error| anyhow::Error::new(e).context(format!("listening on {wanted}"));
+        let listener = match (listen(wanted), self.acceptor.take()) {
+            (Ok(listener), old) => {
+                if let Some(old) = old {
+                    self.retire(old.stop().await, config);
+                }
+                listener
+            }
+            (Err(e), Some(old))
+                if e.kind() == io::ErrorKind::AddrInUse && old.local.port() == wanted.port() =>
+            {
+                let was = old.local;
+                let subscribers = old.stop().await;
+                match listen(wanted) {
+                    Ok(listener) => {
+                        self.retire(subscribers, config);
+                        listener
+                    }
+                    Err(e) => {
+                        let restored = listen(was).and_then(|listener| {
+                            Acceptor::start(listener, self.hub.clone(), subscribers)
+                        });
+                        return Err(match restored {
+                            Ok(acceptor) => {
+                                self.acceptor = Some(acceptor);
+                                listening(e)
+                            }
+                            Err(again) => listening(e).context(format!(
+                                "and listening on {was} again failed ({again}): not accepting subscribers"
+                            )),
+                        });
+                    }
+                }
+            }
+            (Err(e), old) => {
+                self.acceptor = old;
+                return Err(listening(e));
+            }
+        };
+        self.acceptor = Some(Acceptor::start(listener, self.hub.clone(), JoinSet::new())?);
+        Ok(())
+    }
+
+    /// Ends the current subscribers (they send what they have queued, then close) and gives
+    /// new ones a fresh hub that starts from the latest line.
+    fn retire(&mut self, subscribers: JoinSet<()>, config: &Config) {
+        let latest = self.hub.feed.lock().unwrap().latest.clone();
+        let old = std::mem::replace(&mut self.hub, Arc::new(Hub::new(config, latest)));
+        old.close();
+        tokio::spawn(drain(subscribers));
     }
 }
 
@@ -141,11 +198,13 @@ impl Sink for TcpSink {
         Ok(())
     }
 
-    /// Same address: keep the listener and every subscriber, adopt the limits. Another
-    /// address needs a new listener, which the pipeline starts before closing this one.
+    /// Adopts the limits in place. The same address keeps the listener and every
+    /// subscriber; another address is moved to here, never by a second sink, whose listener
+    /// could not bind while this one holds the port.
     async fn reconfigure(&mut self, config: &Config) -> anyhow::Result<bool> {
-        if (config.bind, config.port) != (self.bind, self.port) {
-            return Ok(false);
+        if (config.bind, config.port) != (self.bind, self.port) || self.acceptor.is_none() {
+            self.move_to(config).await?;
+            (self.bind, self.port) = (config.bind, config.port);
         }
         self.hub.adopt(config);
         Ok(true)
@@ -153,10 +212,49 @@ impl Sink for TcpSink {
 
     async fn close(&mut self) {
         self.hub.close();
-        let _ = self.stop.send(true);
         if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.await;
+            drain(acceptor.stop().await).await;
         }
+    }
+}
+
+/// The task accepting subscribers on one listener, and the subscribers it serves.
+struct Acceptor {
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<JoinSet<()>>,
+}
+
+impl Acceptor {
+    /// Starts accepting on `listener`, serving `subscribers` already connected.
+    fn start(
+        listener: TcpListener,
+        hub: Arc<Hub>,
+        subscribers: JoinSet<()>,
+    ) -> io::Result<Acceptor> {
+        let local = listener.local_addr()?;
+        info!(
+            "tcp publisher listening on {local}; subscribe with: telnet {} {}",
+            reachable(local.ip()),
+            local.port()
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, hub, stopped, subscribers));
+        Ok(Acceptor { local, stop, task })
+    }
+
+    /// Closes the listener; the subscribers keep running, returned to the caller.
+    async fn stop(self) -> JoinSet<()> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Waits a short grace for `subscribers` to send what they have queued, then ends them.
+async fn drain(mut subscribers: JoinSet<()>) {
+    let drained = async { while subscribers.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_GRACE, drained).await.is_err() {
+        subscribers.shutdown().await;
     }
 }
 
@@ -198,10 +296,11 @@ struct Feed {
 }
 
 impl Hub {
-    fn new(config: &Config) -> Hub {
+    /// A hub whose subscribers start from `latest`.
+    fn new(config: &Config, latest: Option<Bytes>) -> Hub {
         let hub = Hub {
             feed: Mutex::new(Feed {
-                latest: None,
+                latest,
                 lines: Some(broadcast::channel(QUEUE).0),
             }),
             max_clients: AtomicUsize::new(0),
@@ -269,30 +368,63 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
-    let mut subscribers = JoinSet::new();
+async fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    mut stop: watch::Receiver<bool>,
+    mut subscribers: JoinSet<()>,
+) -> JoinSet<()> {
     let (mut failures, mut short_of_fds) = (RateLimit::default(), RateLimit::default());
+    let mut out_of_fds = |stream: TcpStream| {
+        refuse(stream, OUT_OF_FDS);
+        if let Some(held_back) = short_of_fds.allow(Instant::now()) {
+            warn!(
+                held_back,
+                "out of file descriptors: refused a subscriber to keep collecting"
+            );
+        }
+    };
     let fd_ceiling = crate::limits::open_files().saturating_sub(FD_RESERVE);
+    // One descriptor kept open for the moment none is left: closing it lets the connection
+    // waiting in the backlog be accepted, told why and closed, instead of waiting unanswered.
+    let mut spare = File::open("/dev/null").ok();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             Some(_) = subscribers.join_next() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if stream.as_raw_fd() as u64 >= fd_ceiling => {
-                    if let Some(held_back) = short_of_fds.allow(Instant::now()) {
-                        warn!(held_back, "out of file descriptors: refused a subscriber to keep collecting");
-                    }
-                }
+                Ok((stream, _)) if stream.as_raw_fd() as u64 >= fd_ceiling => out_of_fds(stream),
                 Ok((stream, peer)) => match Slot::take(&hub) {
                     Some(slot) => {
                         subscribers.spawn(subscriber(stream, peer, hub.clone(), slot));
                     }
-                    None => refuse(stream, hub.max_clients.load(Ordering::Relaxed)),
+                    None => {
+                        let max_clients = hub.max_clients.load(Ordering::Relaxed);
+                        refuse(stream, &too_many(max_clients));
+                        debug!("refused a subscriber: max-clients ({max_clients}) reached");
+                    }
                 },
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS: the host is short of something; wait for it
-                    // rather than spin, and keep everything else running.
+                    if is_out_of_fds(&e) {
+                        if let Some(room) = spare.take() {
+                            drop(room);
+                            let told = match try_accept(&listener).await {
+                                Some(Ok((stream, _))) => {
+                                    out_of_fds(stream); // closed before the spare reopens
+                                    true
+                                }
+                                _ => false,
+                            };
+                            spare = File::open("/dev/null").ok();
+                            if told {
+                                continue;
+                            }
+                        }
+                    }
+                    // No spare (or someone else took the descriptor it freed), ENOBUFS: the
+                    // host is short of something; wait for it rather than spin, and keep
+                    // everything else running.
                     if let Some(held_back) = failures.allow(Instant::now()) {
                         warn!(held_back, "accepting subscribers failed, backing off: {e}");
                     }
@@ -300,23 +432,40 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Rece
                         _ = stop.changed() => break,
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
+                    spare = spare.or_else(|| File::open("/dev/null").ok());
                 }
             },
         }
     }
-    drop(listener);
-    let drained = async { while subscribers.join_next().await.is_some() {} };
-    if tokio::time::timeout(CLOSE_GRACE, drained).await.is_err() {
-        subscribers.shutdown().await;
-    }
+    subscribers
 }
 
-/// Tells a connection beyond `max-clients` why it is closed. Its socket buffer is empty, so
-/// the one line fits without waiting.
-fn refuse(stream: TcpStream, max_clients: usize) {
-    let line = format!("{{\"error\":\"too many subscribers\",\"max_clients\":{max_clients}}}\r\n");
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE)
+    )
+}
+
+/// A connection from the backlog if one is waiting, without waiting for one.
+async fn try_accept(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+    poll_fn(|cx| match listener.poll_accept(cx) {
+        Poll::Ready(accepted) => Poll::Ready(Some(accepted)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+const OUT_OF_FDS: &str = "{\"error\":\"out of file descriptors\"}\r\n";
+
+fn too_many(max_clients: usize) -> String {
+    format!("{{\"error\":\"too many subscribers\",\"max_clients\":{max_clients}}}\r\n")
+}
+
+/// Tells a refused connection why it is closed. Its socket buffer is empty, so the one line
+/// fits without waiting.
+fn refuse(stream: TcpStream, line: &str) {
     let _ = stream.try_write(line.as_bytes());
-    debug!("refused a subscriber: max-clients ({max_clients}) reached");
 }
 
 async fn subscriber(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, _slot: Slot) {
@@ -349,13 +498,23 @@ async fn serve(
         send(&mut writer, &line, hub.stall_timeout()).await?;
     }
     // EOF only means the subscriber is done sending (`nc -N`, a script that closes its write
-    // side): it may still be reading. One that is gone for good makes the next write fail.
+    // side): it may still be reading. One that closed entirely answers our data with RST,
+    // which Linux reports as a socket error (EPIPE in CLOSE_WAIT): watching for it frees the
+    // place at once, as a connect-and-close probe has been sent the latest line at accept.
+    // A peer that read all it was sent and then closed cleanly shows nothing until our next
+    // write: on the wire it is the same as one that half-closed and is still reading (both
+    // ACK a keepalive probe, which carries no data; only data draws the RST).
     let mut sending = true;
     loop {
         tokio::select! {
             ready = reader.readable(), if sending => {
                 ready?;
                 sending = discard(&reader)?;
+            }
+            ready = reader.ready(Interest::ERROR), if !sending => {
+                ready?;
+                let gone = reader.as_ref().take_error()?;
+                return Err(gone.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()));
             }
             line = lines.recv() => match line {
                 Ok(line) => send(&mut writer, &line, hub.stall_timeout()).await?,

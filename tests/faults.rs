@@ -429,6 +429,90 @@ fn a_dead_collector_stops_the_agent_with_exit_1() {
     );
 }
 
+/// A subscriber admitted (its first line a snapshot) at `addr`, trying again while the
+/// agent refuses with "too many subscribers".
+fn admitted(addr: SocketAddr) -> Subscriber {
+    wait_for("a place for a real subscriber", || {
+        let mut sub = Subscriber::connect(addr);
+        let line = sub.line()?;
+        (!line.contains("too many subscribers")).then(|| {
+            timestamp(&line);
+            sub
+        })
+    })
+}
+
+/// Connects and closes at once, as a port scanner or a health probe does.
+fn probe(addr: SocketAddr) {
+    drop(TcpStream::connect(addr).unwrap());
+}
+
+#[test]
+fn a_connect_and_close_probe_frees_its_place_before_the_next_tick() {
+    let agent = Agent::start(&[
+        "--sinks",
+        "tcp,stdout",
+        "--port",
+        "0",
+        "--interval",
+        "60",
+        "--max-clients",
+        "1",
+    ]);
+    let addr = agent.address();
+    agent.snapshot_where("the first snapshot", |_| true);
+    probe(addr);
+    // Held until the next tick (60 s), the only place would refuse everyone until then.
+    admitted(addr);
+}
+
+#[test]
+fn after_a_storm_of_connect_and_close_a_subscriber_is_admitted_before_the_next_tick() {
+    let agent = Agent::start(&["--sinks", "tcp,stdout", "--port", "0", "--interval", "60"]);
+    let addr = agent.address();
+    agent.snapshot_where("the first snapshot", |_| true);
+    // More probes than the 1024 places, as fast as they come.
+    for _ in 0..1200 {
+        probe(addr);
+    }
+    admitted(addr);
+}
+
+/// The cheap version of `benches/crowd.rs` (issue 9, item 4: no snapshot and SIGTERM ignored
+/// with 3,000 silent subscribers): one run with 500, bounded in descriptors and time.
+#[test]
+fn a_silent_crowd_delays_neither_snapshots_nor_sigterm() {
+    let _heavy = heavy();
+    let mut agent = Agent::start(&[
+        "--port",
+        "0",
+        "--interval",
+        "0.01",
+        "--format",
+        "raw",
+        "--max-clients",
+        "1000",
+    ]);
+    let addr = agent.address();
+    let silent: Vec<TcpStream> = (0..500).map(|_| tiny_window_connection(addr)).collect();
+    Subscriber::connect(addr).snapshot();
+    // Their writes stalled, the whole crowd is dropped at the same moment.
+    agent.wait_log("disconnected a subscriber that stopped reading");
+    let mut reader = Subscriber::connect(addr);
+    let stamps: Vec<String> = (0..5).map(|_| timestamp(&reader.snapshot())).collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+
+    let asked = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit();
+    let took = asked.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
+    assert!(status.success(), "{status}");
+    // The promise is 1 s; the slack is for a loaded machine, a hang takes far longer.
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    drop(silent);
+}
+
 /// Milliseconds between the timestamps of consecutive snapshots.
 fn gaps_ms(snapshots: &[serde_json::Value]) -> Vec<i64> {
     // `2026-11-30T10:00:00.123Z`: the time of day is enough for a run of seconds.

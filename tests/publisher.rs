@@ -407,3 +407,68 @@ fn ipv6_loopback_works() {
     assert!(addr.is_ipv6(), "bound to {addr}");
     Subscriber::connect(addr).snapshot();
 }
+
+const OUT_OF_FDS: &str = "{\"error\":\"out of file descriptors\"}\r\n";
+
+#[test]
+fn a_subscriber_refused_to_keep_descriptors_for_collection_is_told_why() {
+    let agent = Agent::start_with_fd_limit(&["--port", "0", "--interval", "0.05"], 64);
+    let addr = agent.address();
+    // More than the descriptors left after the reserve kept for collection.
+    let crowd: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    agent.wait_log("out of file descriptors");
+    let mut refused = Subscriber::connect(addr);
+    assert_eq!(refused.line().as_deref(), Some(OUT_OF_FDS));
+    assert_eq!(refused.line(), None, "the refused connection is closed");
+    drop(crowd);
+}
+
+/// The agent's own descriptors, lowest first.
+fn open_fds(pid: i32) -> Vec<u64> {
+    let mut fds: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Sets the soft open-files limit of the running agent (`prlimit` from util-linux).
+fn set_fd_limit(pid: i32, soft: u64, hard: u64) {
+    let status = Command::new("prlimit")
+        .args([format!("--pid={pid}"), format!("--nofile={soft}:{hard}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit failed");
+}
+
+#[test]
+fn with_no_descriptor_left_a_subscriber_is_still_told_why() {
+    let agent = Agent::start_with_fd_limit(
+        &["--sinks", "tcp,stdout", "--port", "0", "--interval", "60"],
+        64,
+    );
+    let addr = agent.address();
+    agent.snapshot_where("the first snapshot", |_| true);
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        println!("skipping: no prlimit (util-linux) to lower the agent's limit");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prlimit is missing in CI"
+        );
+        return;
+    }
+    // The limit lowered under the agent to the lowest free descriptor: accept fails
+    // (EMFILE) although the reserve for collection, computed at start, looks untouched.
+    let fds = open_fds(agent.pid());
+    let lowest_free = (0..).find(|n| !fds.contains(n)).unwrap();
+    set_fd_limit(agent.pid(), lowest_free, 64);
+    let mut refused = Subscriber::connect(addr);
+    assert_eq!(refused.line().as_deref(), Some(OUT_OF_FDS));
+    assert_eq!(refused.line(), None, "the refused connection is closed");
+    agent.wait_log("out of file descriptors");
+
+    set_fd_limit(agent.pid(), 64, 64);
+    let mut again = Subscriber::connect(addr);
+    again.snapshot();
+}

@@ -59,6 +59,8 @@ struct State {
     cookies: Vec<(String, String)>,
     mode: Mode,
     requests: Vec<Recorded>,
+    /// Bytes of an endless body written before the client hung up, once it has.
+    endless_sent: Option<u64>,
 }
 
 /// The stand-in, serving `snapd.socket` and `snapd-snap.socket` in a directory.
@@ -80,6 +82,7 @@ impl FakeSnapd {
             cookies: vec![(cookie.to_string(), POCKETSES.to_string())],
             mode: Mode::Normal,
             requests: Vec::new(),
+            endless_sent: None,
         }));
         for name in [SNAPD, SNAP] {
             let listener = UnixListener::bind(dir.join(name)).expect("bind the stand-in socket");
@@ -118,6 +121,12 @@ impl FakeSnapd {
         self.state.lock().unwrap().mode = mode;
     }
 
+    /// How many bytes of an endless body the client took before it hung up (`None` while it
+    /// is still reading, or before any endless answer).
+    pub fn endless_bytes_sent(&self) -> Option<u64> {
+        self.state.lock().unwrap().endless_sent
+    }
+
     /// The requests received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
@@ -136,7 +145,11 @@ fn serve(socket: &'static str, stream: UnixStream, state: &Mutex<State>) {
         };
         let answer = match mode {
             Mode::Close => return,
-            Mode::Endless => return endless(&mut out),
+            Mode::Endless => {
+                let sent = endless(&mut out);
+                state.lock().unwrap().endless_sent = Some(sent);
+                return;
+            }
             Mode::Slow(delay) => {
                 thread::sleep(delay);
                 respond(&request, state)
@@ -149,17 +162,22 @@ fn serve(socket: &'static str, stream: UnixStream, state: &Mutex<State>) {
     }
 }
 
-/// The start of a sync envelope, then 64 KiB chunks of `x` for as long as the client reads.
-fn endless(out: &mut UnixStream) {
+/// The start of a sync envelope, then 64 KiB chunks of `x` for as long as the client reads;
+/// the bytes written.
+fn endless(out: &mut UnixStream) -> u64 {
     let head =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     let start = r#"{"type":"sync","result":{"sources":""#;
     let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
     let filler = chunk(&[b'x'; 64 << 10]);
     if out.write_all(head.as_bytes()).is_err() || out.write_all(&chunk(start.as_bytes())).is_err() {
-        return;
+        return 0;
     }
-    while out.write_all(&filler).is_ok() {}
+    let mut sent = 0;
+    while out.write_all(&filler).is_ok() {
+        sent += filler.len() as u64;
+    }
+    sent
 }
 
 fn read_request(socket: &'static str, reader: &mut impl BufRead) -> Option<Recorded> {
