@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {

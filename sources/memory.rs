@@ -3,9 +3,8 @@
 use serde::Serialize;
 
 use crate::encode::humanize::{ser_bytes, ser_percent};
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {

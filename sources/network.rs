@@ -13,9 +13,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::encode::humanize::ser_bytes;
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
