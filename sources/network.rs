@@ -1,6 +1,7 @@
 //! `network` (alias `net`): traffic totals over all interfaces, per-interface counters and
 //! rates, IPv4 addresses, and (in `raw`) IPv6 addresses.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -14,7 +15,7 @@ use serde::Serialize;
 
 use crate::encode::humanize::ser_bytes;
 use crate::hostfs::HostFs;
-use crate::model::{Format, Section};
+use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
@@ -301,7 +302,120 @@ impl Section for NetworkSection {
             }),
         }
     }
+
+    /// Per-interface counters only. Rates are left to the consumer (Prometheus' `rate()`),
+    /// which gets them right across scrapes and resets. The all-interface totals are a sum
+    /// a consumer can take, and the addresses are not measurements: as label values they
+    /// would start a new series at every DHCP renewal or IPv6 privacy address, and
+    /// node_exporter leaves them out too. Both stay in the JSON.
+    fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
+        for (family, counter) in &COUNTERS {
+            for (name, counters, _) in &self.interfaces {
+                out.push(Sample::new(
+                    family,
+                    [Cow::Borrowed(name.as_str())],
+                    counter(counters) as f64,
+                ));
+            }
+        }
+    }
 }
+
+/// A per-interface counter; node_exporter's name is ours with `node_` in front.
+const fn counter(
+    name: &'static str,
+    node_name: &'static str,
+    unit: Unit,
+    help: &'static str,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind: Kind::Counter,
+        unit,
+        labels: &["device"],
+        node_name: Some(node_name),
+    }
+}
+
+/// A family and its value in an interface's counters.
+type CounterFamily = (Family, fn(&IfCounters) -> u64);
+
+/// The counters of `/proc/net/dev` the section keeps, each with its family.
+static COUNTERS: [CounterFamily; 8] = [
+    (
+        counter(
+            "network_receive_bytes_total",
+            "node_network_receive_bytes_total",
+            Unit::Bytes,
+            "Bytes received by the interface.",
+        ),
+        |c| c.rx_bytes,
+    ),
+    (
+        counter(
+            "network_receive_packets_total",
+            "node_network_receive_packets_total",
+            Unit::None,
+            "Packets received by the interface.",
+        ),
+        |c| c.rx_packets,
+    ),
+    (
+        counter(
+            "network_receive_errs_total",
+            "node_network_receive_errs_total",
+            Unit::None,
+            "Receive errors the driver counted.",
+        ),
+        |c| c.rx_errors,
+    ),
+    (
+        counter(
+            "network_receive_drop_total",
+            "node_network_receive_drop_total",
+            Unit::None,
+            "Received packets dropped by the interface.",
+        ),
+        |c| c.rx_dropped,
+    ),
+    (
+        counter(
+            "network_transmit_bytes_total",
+            "node_network_transmit_bytes_total",
+            Unit::Bytes,
+            "Bytes sent by the interface.",
+        ),
+        |c| c.tx_bytes,
+    ),
+    (
+        counter(
+            "network_transmit_packets_total",
+            "node_network_transmit_packets_total",
+            Unit::None,
+            "Packets sent by the interface.",
+        ),
+        |c| c.tx_packets,
+    ),
+    (
+        counter(
+            "network_transmit_errs_total",
+            "node_network_transmit_errs_total",
+            Unit::None,
+            "Transmit errors the driver counted.",
+        ),
+        |c| c.tx_errors,
+    ),
+    (
+        counter(
+            "network_transmit_drop_total",
+            "node_network_transmit_drop_total",
+            Unit::None,
+            "Packets to send dropped by the interface.",
+        ),
+        |c| c.tx_dropped,
+    ),
+];
 
 #[derive(Serialize)]
 struct SeedNetwork<'a> {

@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pocketses::encode::{Encoder, Format};
 use pocketses::hostfs::HostFs;
-use pocketses::model::Section;
+use pocketses::model::{Family, Kind, Section, Unit};
 use pocketses::plugin::{self, Source, SourceContext, SourcePlugin};
 
 use common::Scratch;
@@ -54,7 +55,7 @@ impl Host {
     /// Capture 0: the first of Telegraf's two readings of a 16-CPU host, node_exporter's
     /// memory and interfaces. 1: the second reading. 2: no CPU time passed, memory without
     /// swap (prometheus_procfs), and interface counters that grew, one of them reset.
-    fn capture(&self, n: usize) {
+    fn capture(&self, n: u64) {
         let (stat, meminfo, dev) = match n {
             0 => (
                 "telegraf/default/0",
@@ -94,19 +95,33 @@ fn sources(host: &Host) -> Vec<(&'static str, Box<dyn Source>)> {
         .collect()
 }
 
-/// Two consecutive snapshots of the fixture host, as the agent would encode them.
-fn snapshots(format: Format) -> [String; 2] {
+/// The sections of two consecutive collections of the fixture host.
+type Sections = Vec<(&'static str, Box<dyn Section>)>;
+
+fn collections() -> [Sections; 2] {
     let host = Host::new();
     let mut sources = sources(&host);
-    let mut encoder = Encoder::default();
     [1, 2].map(|capture| {
-        host.capture(capture as usize);
-        let mut json = encoder.begin(at(capture - 1), format);
-        for (name, source) in &mut sources {
-            json.section(name, &*collect(source.as_mut())).unwrap();
-        }
-        String::from_utf8(json.finish().to_vec()).unwrap()
+        host.capture(capture);
+        (sources.iter_mut())
+            .map(|(name, source)| (*name, collect(source.as_mut())))
+            .collect()
     })
+}
+
+/// The two snapshots as the agent would encode them, one line each, masked.
+fn json_lines(collections: &[Sections; 2], format: Format) -> String {
+    let mut encoder = Encoder::default();
+    let mut out = String::new();
+    for (at_capture, sections) in (0..).map(at).zip(collections) {
+        let mut json = encoder.begin(at_capture, format);
+        for (name, section) in sections {
+            json.section(name, section.as_ref()).unwrap();
+        }
+        out += &mask(std::str::from_utf8(&json.finish()).unwrap(), masked);
+        out.push('\n');
+    }
+    out
 }
 
 /// Replaces the value after each `"key":` that `masked` picks with `"<masked>"`. The value
@@ -158,27 +173,124 @@ fn check(name: &str, actual: &str) {
     );
 }
 
-fn lines(snapshots: [String; 2]) -> String {
-    snapshots
-        .iter()
-        .map(|s| mask(s, masked) + "\n")
-        .collect::<String>()
-}
-
 #[test]
 fn seed_json_is_byte_for_byte_the_golden_one() {
-    check("seed.jsonl", &lines(snapshots(Format::Seed)));
+    check("seed.jsonl", &json_lines(&collections(), Format::Seed));
 }
 
 #[test]
 fn raw_json_is_byte_for_byte_the_golden_one() {
-    let [first, second] = snapshots(Format::Raw);
+    let raw = json_lines(&collections(), Format::Raw);
+    let (first, second) = raw.split_once('\n').unwrap();
     assert!(
         !first.contains("_per_second"),
         "no rates on the first snapshot: {first}"
     );
     assert!(second.contains("_per_second"), "{second}");
-    check("raw.jsonl", &lines([first, second]));
+    check("raw.jsonl", &raw);
+}
+
+/// Every sample of the sections, after a `# family kind [unit] [(node name)]: help` line per
+/// family, checking the rules the outputs rely on on the way.
+fn samples_text(sections: &Sections, families: &mut Vec<&'static Family>) -> String {
+    let mut samples = Vec::new();
+    for (_, section) in sections {
+        section.samples(&mut samples);
+    }
+    let mut out = String::new();
+    let mut series = HashSet::new();
+    let mut current: Option<&Family> = None;
+    let mut seen: Vec<&Family> = Vec::new();
+    for sample in &samples {
+        let family = sample.family;
+        let labels: Vec<String> = (sample.labels())
+            .map(|(name, value)| format!("{name}={value:?}"))
+            .collect();
+        let labels = match labels.is_empty() {
+            true => String::new(),
+            false => format!("{{{}}}", labels.join(",")),
+        };
+        if !current.is_some_and(|c| std::ptr::eq(c, family)) {
+            assert!(
+                !seen.iter().any(|f| f.name == family.name),
+                "the samples of {} are not next to each other",
+                family.name
+            );
+            seen.push(family);
+            check_family(family);
+            if !families.iter().any(|f| std::ptr::eq(*f, family)) {
+                families.push(family);
+            }
+            current = Some(family);
+            let node = family
+                .node_name
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let unit = match family.unit {
+                Unit::None => String::new(),
+                unit => format!(" {}", unit.as_str()),
+            };
+            let (name, kind, help) = (family.name, family.kind.as_str(), family.help);
+            out += &format!("# {name} {kind}{unit}{node}: {help}\n");
+        }
+        assert!(
+            series.insert(format!("{}{labels}", family.name)),
+            "{}{labels} twice",
+            family.name
+        );
+        assert!(sample.value.is_finite(), "{}{labels}", family.name);
+        out += &format!("{}{labels} {}\n", family.name, sample.value);
+    }
+    out
+}
+
+/// Prometheus' naming rules (what `promtool check metrics` asks), so that an output can
+/// use the names as they are.
+fn check_family(family: &Family) {
+    let snake = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let name = family.name;
+    assert!(snake(name) && !name.starts_with("pocketses_"), "{name}");
+    assert!(family.labels.iter().all(|l| snake(l)), "{name}");
+    let stem = name.strip_suffix("_total");
+    assert_eq!(stem.is_some(), family.kind == Kind::Counter, "{name}");
+    let stem = stem.unwrap_or(name);
+    match family.unit {
+        Unit::None => assert!(
+            ["seconds", "bytes", "ratio", "hertz", "percent"]
+                .iter()
+                .all(|u| !stem.ends_with(u)),
+            "{name}"
+        ),
+        unit => assert!(stem.ends_with(&format!("_{}", unit.as_str())), "{name}"),
+    }
+    for reserved in ["_count", "_sum", "_bucket", "_info"] {
+        assert!(!stem.ends_with(reserved), "{name}");
+    }
+    assert!(family.help.ends_with('.'), "{name}");
+    assert!(
+        family.node_name.is_none_or(|n| n.starts_with("node_")),
+        "{name}"
+    );
+}
+
+#[test]
+fn samples_are_the_golden_ones_and_follow_the_naming_rules() {
+    let mut families = Vec::new();
+    let text: String = (collections().iter().enumerate())
+        .map(|(i, sections)| format!("## snapshot {i}\n{}", samples_text(sections, &mut families)))
+        .collect();
+    for (i, family) in families.iter().enumerate() {
+        assert!(
+            !families[..i].iter().any(|f| f.name == family.name),
+            "two families named {}",
+            family.name
+        );
+    }
+    check("samples.txt", &text);
 }
 
 #[test]
