@@ -309,8 +309,14 @@ impl Section for NetworkSection {
     /// would start a new series at every DHCP renewal or IPv6 privacy address, and
     /// node_exporter leaves them out too. Both stay in the JSON.
     fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
+        // Two names that differ only in bytes that are not UTF-8 read the same here: the
+        // first keeps the series, as a series may appear only once.
+        let unique: Vec<_> = (self.interfaces.iter().enumerate())
+            .filter(|(i, (name, ..))| !self.interfaces[..*i].iter().any(|(n, ..)| n == name))
+            .map(|(_, interface)| interface)
+            .collect();
         for (family, counter) in &COUNTERS {
-            for (name, counters, _) in &self.interfaces {
+            for (name, counters, _) in &unique {
                 out.push(Sample::new(
                     family,
                     [Cow::Borrowed(name.as_str())],
@@ -579,6 +585,29 @@ mod tests {
         assert_eq!(names, ["bad\u{fffd}x", "lo"]);
         assert_eq!(interfaces["bad\u{fffd}x"]["tx_bytes"], 9);
         assert_eq!(snaps[0]["recv_bytes_total"], 107);
+    }
+
+    #[test]
+    fn names_that_read_the_same_give_one_series() {
+        let mut dev = b"  a\xffx: 7 1 0 0 0 0 0 0 9 1 0 0 0 0 0 0\n".to_vec();
+        dev.extend_from_slice(b"  a\xfex: 5 1 0 0 0 0 0 0 3 1 0 0 0 0 0 0\n");
+        let section = NetworkSection {
+            sent_bytes: 0,
+            recv_bytes: 0,
+            interfaces: parse_net_dev(&String::from_utf8_lossy(&dev))
+                .into_iter()
+                .map(|(name, counters)| (name, counters, None))
+                .collect(),
+            addresses: Vec::new(),
+            addresses_v6: Vec::new(),
+        };
+        let mut samples = Vec::new();
+        section.samples(&mut samples);
+        let received: Vec<(Vec<(&str, &str)>, f64)> = (samples.iter())
+            .filter(|s| s.family.name == "network_receive_bytes_total")
+            .map(|s| (s.labels().collect(), s.value))
+            .collect();
+        assert_eq!(received, [(vec![("device", "a\u{fffd}x")], 7.0)]);
     }
 
     #[test]
