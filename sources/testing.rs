@@ -2,8 +2,7 @@
 //! that panic where a real source's must not, so the integration tests can check what the
 //! running agent does then.
 
-use crate::encode::Format;
-use crate::model::Section;
+use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
