@@ -1,15 +1,15 @@
 //! `cpu`: online CPU count, busy percent per CPU and overall since the previous snapshot,
 //! time per mode, and frequency.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
@@ -45,6 +45,20 @@ impl CpuTimes {
             + self.irq
             + self.softirq
             + self.steal
+    }
+
+    /// (mode, ticks) in `/proc/stat`'s column order.
+    fn by_mode(&self) -> [(&'static str, u64); 8] {
+        [
+            ("user", self.user),
+            ("nice", self.nice),
+            ("system", self.system),
+            ("idle", self.idle),
+            ("iowait", self.iowait),
+            ("irq", self.irq),
+            ("softirq", self.softirq),
+            ("steal", self.steal),
+        ]
     }
 
     /// Per-mode increase since `earlier`; a mode that went backwards (a counter reset)
@@ -349,7 +363,97 @@ impl Section for CpuSection {
             }),
         }
     }
+
+    fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
+        out.push(Sample::new(&ONLINE, [], self.count as f64));
+        // Scaled as raw's seconds_total is, so that the two agree to the last bit.
+        for (mode, seconds) in ModeValues::scaled(&self.seconds, 1.0 / self.hz).0 {
+            out.push(Sample::new(&SECONDS, [Cow::Borrowed(mode)], seconds));
+        }
+        // raw's utilization_percent over 100, so that the two outputs agree.
+        let busy = self.span.busy() as f64 * self.span.percent_factor() / 100.0;
+        out.push(Sample::new(&UTILIZATION, [], busy));
+        for (id, percent) in self.ids.iter().zip(&self.per_cpu_percent) {
+            let cpu = Cow::Owned(id.to_string());
+            out.push(Sample::new(&UTILIZATION_BY_CPU, [cpu], percent / 100.0));
+        }
+        let f = &self.frequency;
+        for (family, mhz) in [
+            (&FREQUENCY, f.current_mhz),
+            (&FREQUENCY_MAX, f.max_mhz),
+            (&FREQUENCY_MIN, f.min_mhz),
+        ] {
+            if let Some(mhz) = mhz {
+                out.push(Sample::new(family, [], mhz * 1e6));
+            }
+        }
+    }
 }
+
+/// A gauge of this section with `labels`.
+const fn gauge(
+    name: &'static str,
+    help: &'static str,
+    unit: Unit,
+    labels: &'static [&'static str],
+) -> Family {
+    Family {
+        name,
+        help,
+        kind: Kind::Gauge,
+        unit,
+        labels,
+        node_name: None,
+    }
+}
+
+static ONLINE: Family = gauge("cpu_online", "Online logical CPUs.", Unit::None, &[]);
+
+/// All CPUs together: the section holds the all-CPU line of `/proc/stat` only, so this is
+/// not node_exporter's per-CPU `node_cpu_seconds_total{cpu,mode}`.
+static SECONDS: Family = Family {
+    name: "cpu_seconds_total",
+    help: "Time all CPUs together spent in each mode (guest time is within user and nice).",
+    kind: Kind::Counter,
+    unit: Unit::Seconds,
+    labels: &["mode"],
+    node_name: None,
+};
+
+static UTILIZATION: Family = gauge(
+    "cpu_utilization_ratio",
+    "Busy share of all CPUs (not idle, not iowait) since the previous snapshot.",
+    Unit::Ratio,
+    &[],
+);
+
+static UTILIZATION_BY_CPU: Family = gauge(
+    "cpu_utilization_by_cpu_ratio",
+    "Busy share of each online CPU (not idle, not iowait) since the previous snapshot.",
+    Unit::Ratio,
+    &["cpu"],
+);
+
+static FREQUENCY: Family = gauge(
+    "cpu_frequency_hertz",
+    "Current clock, mean over the online CPUs (cpufreq, else /proc/cpuinfo).",
+    Unit::Hertz,
+    &[],
+);
+
+static FREQUENCY_MAX: Family = gauge(
+    "cpu_frequency_max_hertz",
+    "Highest clock the cpufreq policy allows, mean over the online CPUs.",
+    Unit::Hertz,
+    &[],
+);
+
+static FREQUENCY_MIN: Family = gauge(
+    "cpu_frequency_min_hertz",
+    "Lowest clock the cpufreq policy allows, mean over the online CPUs.",
+    Unit::Hertz,
+    &[],
+);
 
 #[derive(Serialize)]
 struct SeedCpu {
@@ -411,32 +515,26 @@ struct RawPerCpu {
     utilization_percent: f64,
 }
 
-/// One value per CPU mode.
-#[derive(Serialize)]
-struct ModeValues {
-    user: f64,
-    nice: f64,
-    system: f64,
-    idle: f64,
-    iowait: f64,
-    irq: f64,
-    softirq: f64,
-    steal: f64,
-}
+/// One value per CPU mode, as a JSON object in [`CpuTimes::by_mode`]'s order.
+struct ModeValues([(&'static str, f64); 8]);
 
 impl ModeValues {
     fn scaled(t: &CpuTimes, factor: f64) -> Self {
-        let f = |ticks: u64| ticks as f64 * factor;
-        ModeValues {
-            user: f(t.user),
-            nice: f(t.nice),
-            system: f(t.system),
-            idle: f(t.idle),
-            iowait: f(t.iowait),
-            irq: f(t.irq),
-            softirq: f(t.softirq),
-            steal: f(t.steal),
+        ModeValues(
+            t.by_mode()
+                .map(|(mode, ticks)| (mode, ticks as f64 * factor)),
+        )
+    }
+}
+
+impl Serialize for ModeValues {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (mode, value) in &self.0 {
+            map.serialize_entry(mode, value)?;
         }
+        map.end()
     }
 }
 
@@ -591,6 +689,25 @@ mod tests {
             ),
             (&serde_json::json!(2596.0), &Value::Null, &Value::Null)
         );
+    }
+
+    #[test]
+    fn unknown_frequencies_have_no_sample() {
+        let section = CpuSection {
+            frequency: Frequency {
+                current_mhz: Some(2596.0),
+                max_mhz: None,
+                min_mhz: None,
+            },
+            ..section(vec![1.0])
+        };
+        let mut samples = Vec::new();
+        section.samples(&mut samples);
+        let hertz: Vec<(&str, f64)> = (samples.iter())
+            .filter(|s| s.family.unit == Unit::Hertz)
+            .map(|s| (s.family.name, s.value))
+            .collect();
+        assert_eq!(hertz, [("cpu_frequency_hertz", 2_596_000_000.0)]);
     }
 
     /// The raw view of the span from sample `before` to sample `after` of a fixture case.

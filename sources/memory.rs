@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{ser_bytes, ser_percent};
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
@@ -126,7 +125,116 @@ impl Section for MemorySection {
             }),
         }
     }
+
+    fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
+        let m = &self.0;
+        let used = m.total - m.available;
+        let swap_used = m.swap_total - m.swap_free;
+        for (family, value) in [
+            (&TOTAL, m.total as f64),
+            (&AVAILABLE, m.available as f64),
+            (&USED, used as f64),
+            // The ratios are raw's percents over 100, so that the two outputs agree.
+            (&USED_RATIO, percent_of(used, m.total) / 100.0),
+            (&FREE, m.free as f64),
+            (&BUFFERS, m.buffers as f64),
+            (&CACHED, m.cached as f64),
+            (&SWAP_TOTAL, m.swap_total as f64),
+            (&SWAP_FREE, m.swap_free as f64),
+            (&SWAP_USED, swap_used as f64),
+            (
+                &SWAP_USED_RATIO,
+                percent_of(swap_used, m.swap_total) / 100.0,
+            ),
+        ] {
+            out.push(Sample::new(family, [], value));
+        }
+    }
 }
+
+/// A gauge of this section without labels.
+const fn gauge(
+    name: &'static str,
+    help: &'static str,
+    unit: Unit,
+    node: Option<&'static str>,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind: Kind::Gauge,
+        unit,
+        labels: &[],
+        node_name: node,
+    }
+}
+
+static TOTAL: Family = gauge(
+    "memory_total_bytes",
+    "Usable RAM (MemTotal).",
+    Unit::Bytes,
+    Some("node_memory_MemTotal_bytes"),
+);
+static AVAILABLE: Family = gauge(
+    "memory_available_bytes",
+    "RAM available for new work without swapping (MemAvailable, or its estimate before Linux 3.14).",
+    Unit::Bytes,
+    Some("node_memory_MemAvailable_bytes"),
+);
+static USED: Family = gauge(
+    "memory_used_bytes",
+    "RAM in use: total minus available.",
+    Unit::Bytes,
+    None,
+);
+static USED_RATIO: Family = gauge(
+    "memory_used_ratio",
+    "Share of RAM in use: used over total.",
+    Unit::Ratio,
+    None,
+);
+static FREE: Family = gauge(
+    "memory_free_bytes",
+    "RAM not used for anything (MemFree).",
+    Unit::Bytes,
+    Some("node_memory_MemFree_bytes"),
+);
+static BUFFERS: Family = gauge(
+    "memory_buffers_bytes",
+    "RAM in block device buffers (Buffers).",
+    Unit::Bytes,
+    Some("node_memory_Buffers_bytes"),
+);
+static CACHED: Family = gauge(
+    "memory_cached_bytes",
+    "RAM in the page cache (Cached).",
+    Unit::Bytes,
+    Some("node_memory_Cached_bytes"),
+);
+static SWAP_TOTAL: Family = gauge(
+    "memory_swap_total_bytes",
+    "Swap space (SwapTotal), 0 without swap.",
+    Unit::Bytes,
+    Some("node_memory_SwapTotal_bytes"),
+);
+static SWAP_FREE: Family = gauge(
+    "memory_swap_free_bytes",
+    "Unused swap space (SwapFree).",
+    Unit::Bytes,
+    Some("node_memory_SwapFree_bytes"),
+);
+static SWAP_USED: Family = gauge(
+    "memory_swap_used_bytes",
+    "Swap space in use: total minus free.",
+    Unit::Bytes,
+    None,
+);
+static SWAP_USED_RATIO: Family = gauge(
+    "memory_swap_used_ratio",
+    "Share of swap space in use, 0 without swap.",
+    Unit::Ratio,
+    None,
+);
 
 #[derive(Serialize)]
 struct SeedMemory {

@@ -1,6 +1,7 @@
 //! `network` (alias `net`): traffic totals over all interfaces, per-interface counters and
 //! rates, IPv4 addresses, and (in `raw`) IPv6 addresses.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -14,9 +15,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::encode::humanize::ser_bytes;
-use crate::encode::Format;
 use crate::hostfs::HostFs;
-use crate::model::Section;
+use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {
@@ -304,7 +304,126 @@ impl Section for NetworkSection {
             }),
         }
     }
+
+    /// Per-interface counters only. Rates are left to the consumer (Prometheus' `rate()`),
+    /// which gets them right across scrapes and resets. The all-interface totals are a sum
+    /// a consumer can take, and the addresses are not measurements: as label values they
+    /// would start a new series at every DHCP renewal or IPv6 privacy address, and
+    /// node_exporter leaves them out too. Both stay in the JSON.
+    fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
+        // Two names that differ only in bytes that are not UTF-8 read the same here: the
+        // first keeps the series, as a series may appear only once.
+        let unique: Vec<_> = (self.interfaces.iter().enumerate())
+            .filter(|(i, (name, ..))| !self.interfaces[..*i].iter().any(|(n, ..)| n == name))
+            .map(|(_, interface)| interface)
+            .collect();
+        for (family, counter) in &COUNTERS {
+            for (name, counters, _) in &unique {
+                out.push(Sample::new(
+                    family,
+                    [Cow::Borrowed(name.as_str())],
+                    counter(counters) as f64,
+                ));
+            }
+        }
+    }
 }
+
+/// A per-interface counter; node_exporter's name is ours with `node_` in front.
+const fn counter(
+    name: &'static str,
+    node_name: &'static str,
+    unit: Unit,
+    help: &'static str,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind: Kind::Counter,
+        unit,
+        labels: &["device"],
+        node_name: Some(node_name),
+    }
+}
+
+/// A family and its value in an interface's counters.
+type CounterFamily = (Family, fn(&IfCounters) -> u64);
+
+/// The counters of `/proc/net/dev` the section keeps, each with its family.
+static COUNTERS: [CounterFamily; 8] = [
+    (
+        counter(
+            "network_receive_bytes_total",
+            "node_network_receive_bytes_total",
+            Unit::Bytes,
+            "Bytes received by the interface.",
+        ),
+        |c| c.rx_bytes,
+    ),
+    (
+        counter(
+            "network_receive_packets_total",
+            "node_network_receive_packets_total",
+            Unit::None,
+            "Packets received by the interface.",
+        ),
+        |c| c.rx_packets,
+    ),
+    (
+        counter(
+            "network_receive_errs_total",
+            "node_network_receive_errs_total",
+            Unit::None,
+            "Receive errors the driver counted.",
+        ),
+        |c| c.rx_errors,
+    ),
+    (
+        counter(
+            "network_receive_drop_total",
+            "node_network_receive_drop_total",
+            Unit::None,
+            "Received packets dropped by the interface.",
+        ),
+        |c| c.rx_dropped,
+    ),
+    (
+        counter(
+            "network_transmit_bytes_total",
+            "node_network_transmit_bytes_total",
+            Unit::Bytes,
+            "Bytes sent by the interface.",
+        ),
+        |c| c.tx_bytes,
+    ),
+    (
+        counter(
+            "network_transmit_packets_total",
+            "node_network_transmit_packets_total",
+            Unit::None,
+            "Packets sent by the interface.",
+        ),
+        |c| c.tx_packets,
+    ),
+    (
+        counter(
+            "network_transmit_errs_total",
+            "node_network_transmit_errs_total",
+            Unit::None,
+            "Transmit errors the driver counted.",
+        ),
+        |c| c.tx_errors,
+    ),
+    (
+        counter(
+            "network_transmit_drop_total",
+            "node_network_transmit_drop_total",
+            Unit::None,
+            "Packets to send dropped by the interface.",
+        ),
+        |c| c.tx_dropped,
+    ),
+];
 
 #[derive(Serialize)]
 struct SeedNetwork<'a> {
@@ -473,6 +592,29 @@ mod tests {
         assert_eq!(names, ["bad\u{fffd}x", "lo"]);
         assert_eq!(interfaces["bad\u{fffd}x"]["tx_bytes"], 9);
         assert_eq!(snaps[0]["recv_bytes_total"], 107);
+    }
+
+    #[test]
+    fn names_that_read_the_same_give_one_series() {
+        let mut dev = b"  a\xffx: 7 1 0 0 0 0 0 0 9 1 0 0 0 0 0 0\n".to_vec();
+        dev.extend_from_slice(b"  a\xfex: 5 1 0 0 0 0 0 0 3 1 0 0 0 0 0 0\n");
+        let section = NetworkSection {
+            sent_bytes: 0,
+            recv_bytes: 0,
+            interfaces: parse_net_dev(&String::from_utf8_lossy(&dev))
+                .into_iter()
+                .map(|(name, counters)| (name, counters, None))
+                .collect(),
+            addresses: Vec::new(),
+            addresses_v6: Vec::new(),
+        };
+        let mut samples = Vec::new();
+        section.samples(&mut samples);
+        let received: Vec<(Vec<(&str, &str)>, f64)> = (samples.iter())
+            .filter(|s| s.family.name == "network_receive_bytes_total")
+            .map(|s| (s.labels().collect(), s.value))
+            .collect();
+        assert_eq!(received, [(vec![("device", "a\u{fffd}x")], 7.0)]);
     }
 
     #[test]

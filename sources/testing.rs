@@ -4,8 +4,7 @@
 
 use async_trait::async_trait;
 
-use crate::encode::Format;
-use crate::model::Section;
+use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
 
 inventory::submit! {

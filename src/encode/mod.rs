@@ -8,42 +8,14 @@
 
 pub mod humanize;
 
-use std::fmt;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
 use crate::model::{rfc3339_millis, Section};
-
-/// How snapshots are rendered. See `docs/FORMAT.md` for the field lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// The original tool's field names and value styles (humanized sizes, percent strings).
-    Seed,
-    /// Plain numbers in fixed units under unit-suffixed names, plus counters and rates.
-    Raw,
-}
-
-impl Format {
-    pub const NAMES: &'static str = "seed, raw";
-
-    pub fn parse(s: &str) -> Option<Format> {
-        match s {
-            "seed" => Some(Format::Seed),
-            "raw" => Some(Format::Raw),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Format::Seed => "seed",
-            Format::Raw => "raw",
-        })
-    }
-}
+// `Format` belongs to the model, which sections implement their views against; it is
+// re-exported here, where the configuration and the pipeline choose the encoding.
+pub use crate::model::Format;
 
 /// One encoded snapshot, cheap to clone: every sink shares the same bytes.
 #[derive(Clone, Debug)]
@@ -240,13 +212,5 @@ mod tests {
             json.finish(),
             r#"{"timestamp":"2026-11-26T12:00:00.042Z","a":"a-seed","b":"b-seed"}"#
         );
-    }
-
-    #[test]
-    fn format_names_round_trip() {
-        for f in [Format::Seed, Format::Raw] {
-            assert_eq!(Format::parse(&f.to_string()), Some(f));
-        }
-        assert_eq!(Format::parse("json"), None);
     }
 }
