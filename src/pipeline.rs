@@ -3,11 +3,12 @@
 //! snapshot once and broadcasts the bytes.
 //!
 //! Everything runs on the async runtime: a tick is one timer wakeup, with no thread to hand
-//! over to. Each source's call runs as a task of its own that owns the source and hands it
-//! back with its section; a call that misses the deadline ([`collection_deadline`]) leaves
-//! that source out of the snapshot while the others are published on time, and the source is
-//! not called again until that call has returned, so a stuck source costs one task (or one
-//! blocking thread), never a pile of them. Each sink runs in its own task behind a bounded
+//! over to. Each source's call owns the source and hands it back with its section. A call
+//! that answers when first polled (the inline `/proc` reads) is done at once; one that waits
+//! goes on as a task of its own, concurrently with the others. A call that misses the
+//! deadline ([`collection_deadline`]) leaves that source out of the snapshot while the others
+//! are published on time, and the source is not called again until that call has returned,
+//! so a stuck source costs one task (or one blocking thread), never a pile of them. Each sink runs in its own task behind a bounded
 //! broadcast queue: a sink that falls behind loses its own oldest snapshots and delays no one.
 //!
 //! A panic in a source's collection or in its section's encoding leaves that section out of
@@ -85,18 +86,30 @@ struct Slot {
 
 enum SlotState {
     Ready(Box<dyn Source>),
+    /// A call that missed its tick's deadline, still out.
     Collecting(JoinHandle<Collected>),
-    /// The call's task ended without handing the source back; built again before next use.
+    /// The call's task ended without handing the source back (or a call is under way in
+    /// this tick); built again before next use.
     Lost,
 }
 
 type BuildSource = fn(&SourceContext) -> anyhow::Result<Box<dyn Source>>;
 
-/// What a call's task hands back: the source, and its section or why there is none.
-type Collected = (
-    Box<dyn Source>,
-    Result<anyhow::Result<Box<dyn Section>>, String>,
-);
+/// A call's section, or why there is none (`Err`: it panicked).
+type CallResult = Result<anyhow::Result<Box<dyn Section>>, String>;
+
+/// What a call hands back: the source, and its result.
+type Collected = (Box<dyn Source>, CallResult);
+
+/// How this tick's call of a source began.
+enum Call {
+    /// It answered when first polled: no task was needed.
+    Answered(CallResult),
+    /// It is out on a task of its own, waited for until the tick's deadline.
+    Out(JoinHandle<Collected>),
+    /// It was not called, for this reason.
+    NotCalled(String),
+}
 
 /// Why a source is missing from a snapshot, or its section.
 enum Outcome {
@@ -153,10 +166,10 @@ impl Collection {
     pub async fn collect(&mut self) -> Frame {
         let timestamp = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let started: Vec<bool> = self.slots.iter_mut().map(Slot::start).collect();
+        let calls: Vec<Call> = self.slots.iter_mut().map(Slot::start).collect();
         let mut json = self.encoder.begin(timestamp, self.format);
-        for (slot, started) in self.slots.iter_mut().zip(started) {
-            let left_out = match slot.finish(started, deadline).await {
+        for (slot, call) in self.slots.iter_mut().zip(calls) {
+            let left_out = match slot.finish(call, deadline).await {
                 Outcome::Section(section) => {
                     match contain(|| json.section(slot.name, section.as_ref())) {
                         Ok(Ok(())) => continue,
@@ -207,18 +220,20 @@ impl Slot {
         })
     }
 
-    /// Starts this tick's call unless an earlier one is still out; `false` if not started.
-    /// A call that returned since the last tick hands its source back first (its late
-    /// section is dropped), so the source is called again at once.
-    fn start(&mut self) -> bool {
+    /// Starts this tick's call unless an earlier one is still out. A call that returned since
+    /// the last tick hands its source back first (its late section is dropped), so the
+    /// source is called again at once.
+    fn start(&mut self) -> Call {
         if let SlotState::Collecting(task) = &mut self.state {
-            if !task.is_finished() {
-                return false;
-            }
-            // Finished, so this poll is ready at once; no waker is needed.
+            // Not awaited, only looked at: the task is waited for, with a real waker, only
+            // in the tick that started it.
             let Poll::Ready(done) = Pin::new(task).poll(&mut Context::from_waker(Waker::noop()))
             else {
-                return false;
+                self.skipped += 1;
+                return Call::NotCalled(format!(
+                    "an earlier call has not returned yet ({} ticks skipped so far)",
+                    self.skipped
+                ));
             };
             self.state = match done {
                 Ok((source, _late)) => SlotState::Ready(source),
@@ -231,54 +246,56 @@ impl Slot {
                 host: self.host.clone(),
             }) {
                 Ok(source) => source,
-                Err(_) => return false,
+                Err(e) => return Call::NotCalled(format!("it could not be built again: {e:#}")),
             },
             SlotState::Collecting(_) => unreachable!("handled above"),
         };
-        self.state = SlotState::Collecting(tokio::spawn(async move {
+        let mut call: Pin<Box<dyn Future<Output = Collected> + Send>> = Box::pin(async move {
             let mut source = source;
             let result = Contained(source.collect()).await;
             (source, result)
-        }));
-        true
+        });
+        // Polled once here: a source that does not wait (the inline /proc reads) answers at
+        // once and costs no task. The waker is a no-op because a call still pending moves to
+        // a task of its own, whose polls bring their own waker.
+        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready((source, result)) => {
+                self.state = SlotState::Ready(source);
+                Call::Answered(result)
+            }
+            Poll::Pending => Call::Out(tokio::spawn(call)),
+        }
     }
 
-    /// Waits for this tick's call until `deadline`, taking the source back if it returned.
-    async fn finish(&mut self, started: bool, deadline: tokio::time::Instant) -> Outcome {
-        let SlotState::Collecting(task) = &mut self.state else {
-            return Outcome::LeftOut("it could not be built again after its task was lost".into());
-        };
-        if !started {
-            self.skipped += 1;
-            return Outcome::LeftOut(format!(
-                "an earlier call has not returned yet ({} ticks skipped so far)",
-                self.skipped
-            ));
-        }
-        let done = match tokio::time::timeout_at(deadline, task).await {
-            Ok(done) => done,
-            Err(_) => {
-                return Outcome::LeftOut(
-                    "no answer by the tick's deadline; not called again until it answers".into(),
-                )
-            }
-        };
-        match done {
-            Ok((source, result)) => {
-                self.state = SlotState::Ready(source);
-                match result {
-                    Ok(Ok(section)) => Outcome::Section(section),
-                    Ok(Err(e)) => Outcome::LeftOut(format!("collection failed: {e:#}")),
-                    Err(panic) => Outcome::LeftOut(format!("collection panicked: {panic}")),
+    /// This tick's answer, waiting for a call out on a task until `deadline`.
+    async fn finish(&mut self, call: Call, deadline: tokio::time::Instant) -> Outcome {
+        let result = match call {
+            Call::Answered(result) => result,
+            Call::NotCalled(why) => return Outcome::LeftOut(why),
+            Call::Out(mut task) => match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok((source, result))) => {
+                    self.state = SlotState::Ready(source);
+                    result
                 }
-            }
-            Err(e) => {
-                self.state = SlotState::Lost;
-                Outcome::LeftOut(format!(
-                    "its task ended ({}); it is built again",
-                    task_end(e)
-                ))
-            }
+                Ok(Err(e)) => {
+                    return Outcome::LeftOut(format!(
+                        "its task ended ({}); it is built again",
+                        task_end(e)
+                    ))
+                }
+                Err(_) => {
+                    self.state = SlotState::Collecting(task);
+                    return Outcome::LeftOut(
+                        "no answer by the tick's deadline; not called again until it answers"
+                            .into(),
+                    );
+                }
+            },
+        };
+        match result {
+            Ok(Ok(section)) => Outcome::Section(section),
+            Ok(Err(e)) => Outcome::LeftOut(format!("collection failed: {e:#}")),
+            Err(panic) => Outcome::LeftOut(format!("collection panicked: {panic}")),
         }
     }
 }
