@@ -16,10 +16,10 @@ use crate::encode::Frame;
 use crate::hostfs::HostFs;
 use crate::model::Section;
 
-/// A metric source, collected on the async runtime once per tick, concurrently with the
-/// other sources and under the tick's deadline (see [`crate::pipeline`]). A call that misses
-/// the deadline leaves this source out of that snapshot, and the source is not called again
-/// until that call has returned: `collect` owns the source while it runs.
+/// A metric source, collected on the async runtime once per tick under the tick's deadline
+/// (see [`crate::pipeline`]): a call that waits goes on as a task of its own and holds up no
+/// other source. A call that misses the deadline leaves this source out of that snapshot, and
+/// the source is not called again until that call has returned (the call owns the source).
 ///
 /// Cheap reads of `/proc` and `/sys` through [`HostFs`] may stay inline (microseconds; HostFs
 /// refuses anything that could wait, such as a FIFO). Anything that can really block (a
