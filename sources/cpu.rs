@@ -10,12 +10,15 @@ use crate::encode::Format;
 use crate::hostfs::HostFs;
 use crate::model::Section;
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "cpu",
         aliases: &[],
         description: "online CPU count, utilization per CPU and overall, time per mode, frequency",
+        on_by_default: Some(1),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Cpu::new(ctx.host.clone()))),
     }
 }

@@ -7,12 +7,15 @@ use crate::encode::Format;
 use crate::hostfs::HostFs;
 use crate::model::Section;
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "memory",
         aliases: &["mem"],
         description: "virtual memory (total, available, used) and swap",
+        on_by_default: Some(2),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Memory { host: ctx.host.clone(), buf: String::new() })),
     }
 }

@@ -17,12 +17,15 @@ use crate::encode::Format;
 use crate::hostfs::HostFs;
 use crate::model::Section;
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "network",
         aliases: &["net"],
         description: "traffic totals, per-interface counters and rates, IPv4 (and in raw IPv6) addresses",
+        on_by_default: Some(3),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Network::new(ctx.host.clone())?)),
     }
 }

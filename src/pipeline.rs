@@ -30,6 +30,7 @@ use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
 use crate::schedule::Ticker;
+use crate::settings::{Declared, PluginConfig};
 
 /// Snapshots a sink may have queued before it starts losing the oldest.
 const SINK_QUEUE: usize = 16;
@@ -263,13 +264,15 @@ struct RunningSink {
     name: &'static str,
     /// Tells this sink apart from a later one of the same name, when it reports finishing.
     id: u64,
+    /// The sink's declared settings, to give it its part of a new configuration.
+    settings: &'static Declared,
     config: Arc<Config>,
     commands: tokio::sync::mpsc::Sender<SinkCommand>,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct SinkCommand {
-    config: Arc<Config>,
+    config: PluginConfig,
     reply: oneshot::Sender<anyhow::Result<bool>>,
 }
 
@@ -289,7 +292,7 @@ impl SinkStarter {
     ) -> anyhow::Result<RunningSink> {
         let plugin = plugin::find::<SinkPlugin>(name)
             .with_context(|| format!("no sink is registered as {name:?}"))?;
-        let mut sink = (plugin.build)(config.clone())
+        let mut sink = (plugin.build)(&config.plugin_config(&plugin.settings))
             .await
             .with_context(|| format!("sink {name}"))?;
         let id = self.next_id;
@@ -338,6 +341,7 @@ impl SinkStarter {
         Ok(RunningSink {
             name,
             id,
+            settings: &plugin.settings,
             config: config.clone(),
             commands,
             task,
@@ -350,7 +354,7 @@ impl RunningSink {
     async fn reconfigure(&self, config: &Arc<Config>) -> anyhow::Result<bool> {
         let (reply, answer) = oneshot::channel();
         let command = SinkCommand {
-            config: config.clone(),
+            config: config.plugin_config(self.settings),
             reply,
         };
         self.commands
