@@ -59,6 +59,12 @@ impl Args {
     /// key with `.` as `-`), showing its default.
     pub fn command_with_settings() -> clap::Command {
         let mut command = Args::command();
+        // The settings first, core then each plugin's, as `--check` lists them; then the
+        // run modes.
+        let modes: Vec<String> = (command.get_arguments())
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        let mut order = 0;
         for setting in config::settings() {
             let help = format!("{} [default: {}]", setting.help, setting.default.text());
             command = command.arg(
@@ -66,8 +72,14 @@ impl Args {
                     .long(setting.flag())
                     .value_name(setting.value_name())
                     .allow_hyphen_values(setting.numeric())
-                    .help(help),
+                    .help(help)
+                    .display_order(order),
             );
+            order += 1;
+        }
+        for mode in modes {
+            command = command.mut_arg(mode, |arg| arg.display_order(order));
+            order += 1;
         }
         command
     }
