@@ -171,6 +171,28 @@ fn a_plugins_settings_are_read_from_the_snap_configuration() {
     assert!(stdout.contains("test.count=2\n"), "{stdout}");
 }
 
+/// A reload hands the test-only sink its new settings, typed, in place.
+#[test]
+fn a_reload_gives_a_plugin_its_new_settings() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"test": {"greeting": "hej"}}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .env("RUST_LOG", "info")
+            .args(["--sinks", "test-settings", "--interval", "0.05"]),
+    );
+    agent.next_log("test-settings says \"hej hej hej\"");
+    reload_with(
+        &agent,
+        &fake,
+        json!({"test": {"greeting": "moi", "count": 1}}),
+    );
+    agent.next_log("configuration reloaded");
+    agent.next_log("test-settings says \"moi\"");
+}
+
 #[test]
 fn invalid_snap_values_are_rejected_naming_key_and_value() {
     let dir = Scratch::new();
