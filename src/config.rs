@@ -397,6 +397,15 @@ mod tests {
     }
 
     #[test]
+    fn the_format_choices_are_the_encoders_formats() {
+        let Some(Kind::Choice(names)) = setting("format").map(|s| &s.kind) else {
+            panic!("format is a choice");
+        };
+        assert!(names.iter().all(|name| Format::parse(name).is_some()));
+        assert_eq!(names.join(", "), Format::NAMES);
+    }
+
+    #[test]
     fn intervals_accept_fractions_down_to_ten_milliseconds() {
         assert_eq!(set("interval", "0.01").unwrap().interval, MIN_INTERVAL);
         assert_eq!(
