@@ -10,12 +10,15 @@ use crate::encode::humanize::{one_decimal, ser_one_decimal};
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "cpu",
         aliases: &[],
         description: "online CPU count, utilization per CPU and overall, time per mode, frequency",
+        on_by_default: Some(1),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Cpu::new(ctx.host.clone()))),
     }
 }

@@ -17,12 +17,15 @@ use crate::encode::humanize::ser_bytes;
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "network",
         aliases: &["net"],
         description: "traffic totals, per-interface counters and rates, IPv4 (and in raw IPv6) addresses",
+        on_by_default: Some(3),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Network::new(ctx.host.clone())?)),
     }
 }

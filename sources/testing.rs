@@ -4,12 +4,15 @@
 
 use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "test-view-panics",
         aliases: &[],
         description: "test only: a section whose view panics",
+        on_by_default: None,
+        settings: Declared::NONE,
         build: |_| Ok(Box::new(Sections(|| Box::new(ViewPanics)))),
     }
 }
@@ -19,6 +22,8 @@ inventory::submit! {
         name: "test-drop-panics",
         aliases: &[],
         description: "test only: a section that panics when dropped, ending the collector",
+        on_by_default: None,
+        settings: Declared::NONE,
         build: |_| Ok(Box::new(Sections(|| Box::new(DropPanics)))),
     }
 }

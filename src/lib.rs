@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod quote;
 pub mod schedule;
+pub mod settings;
 pub mod snapd;
 
 #[path = "../sources/mod.rs"]
