@@ -18,6 +18,8 @@ pub mod plugin;
 pub mod quote;
 pub mod schedule;
 pub mod snapd;
+#[cfg(feature = "watch")]
+pub mod watch;
 
 #[path = "../sources/mod.rs"]
 pub mod sources;
