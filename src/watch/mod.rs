@@ -8,7 +8,7 @@ pub mod model;
 pub mod view;
 
 use std::io::IsTerminal;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -33,7 +33,13 @@ pub fn run(addr: &str) -> anyhow::Result<()> {
     let _client = Client::start(&addr, events);
     let mut model = Model::new(&addr);
     // Raw mode, the alternate screen, and a panic hook that restores both.
-    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            ratatui::restore();
+            return Err(e).context("setting up the terminal");
+        }
+    };
     let result = show(&mut terminal, &mut model, &news);
     ratatui::restore();
     result
@@ -44,27 +50,33 @@ fn show(
     model: &mut Model,
     news: &Receiver<Event>,
 ) -> anyhow::Result<()> {
+    let mut changed = true;
     loop {
-        for event in news.try_iter() {
-            match event {
-                Event::Connected => model.connected(),
-                Event::Line(line) => model.line(&line),
-                Event::Disconnected(why) => model.disconnected(why),
+        loop {
+            match news.try_recv() {
+                Ok(Event::Connected) => model.connected(),
+                Ok(Event::Line(line)) => model.line(&line),
+                Ok(Event::Disconnected(why)) => model.disconnected(why),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => bail!("the subscription thread ended"),
             }
+            changed = true;
         }
-        terminal.draw(|frame| view::draw(frame, model))?;
-        // A resize needs nothing more than the redraw at the top of the loop.
+        if changed {
+            terminal.draw(|frame| view::draw(frame, model))?;
+            changed = false;
+        }
         if event::poll(TICK)? {
-            if let TermEvent::Key(key) = event::read()? {
-                let ctrl_c =
-                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-                let quit = matches!(
-                    key.code,
-                    KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc
-                );
-                if key.kind == KeyEventKind::Press && (quit || ctrl_c) {
-                    return Ok(());
+            match event::read()? {
+                TermEvent::Key(key) if key.kind == KeyEventKind::Press => {
+                    let ctrl_c = key.code == KeyCode::Char('c')
+                        && key.modifiers.contains(KeyModifiers::CONTROL);
+                    if ctrl_c || matches!(key.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc) {
+                        return Ok(());
+                    }
                 }
+                TermEvent::Resize(..) => changed = true,
+                _ => {}
             }
         }
     }
