@@ -78,9 +78,10 @@ impl Drop for Client {
         if let Some(stream) = self.stream.lock().unwrap().take() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        // Not joined: a connect to an unreachable host may take CONNECT_TIMEOUT, and `q`
+        // must not wait for it. The thread ends when that connect returns.
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
-            let _ = thread.join();
         }
     }
 }
