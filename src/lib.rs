@@ -19,6 +19,8 @@ pub mod quote;
 pub mod schedule;
 pub mod settings;
 pub mod snapd;
+#[cfg(feature = "watch")]
+pub mod watch;
 
 #[path = "../sources/mod.rs"]
 pub mod sources;
