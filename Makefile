@@ -2,8 +2,9 @@
 #   make run    (or: cargo run --release)  the agent with default settings
 #   make test   (or: cargo test)           every test; tests needing root/snapd say why they skip
 #                                          (and fail instead under CI=true)
-# Snap: make snap (needs snapcraft with LXD or Multipass), then make install.
-.PHONY: run test lint bench soak fuzz snap install check-snap
+# Snap: make snap (needs snapcraft with LXD or Multipass), then make install-snap.
+# Without snapd: make install PREFIX=/usr/local (the binary and a systemd unit; DESTDIR too).
+.PHONY: run test lint bench soak fuzz snap install uninstall install-snap check-snap
 
 # snap needs root; use sudo only when not root already (CI and containers have no sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -49,8 +50,34 @@ fuzz:
 snap:
 	snapcraft pack
 
-# Installs the newest pocketses_*.snap built here, whatever its architecture.
+# The binary, the systemd unit (its ExecStart and EnvironmentFile rewritten to these paths)
+# and, unless one is there already, /etc/default/pocketses with the service's flags.
+# BIN=path installs that binary instead of building a release one (the tests do).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+BIN ?=
 install:
+	@set -e; bin="$(BIN)"; \
+	if [ -z "$$bin" ]; then cargo build --release; bin="$${CARGO_TARGET_DIR:-target}/release/pocketses"; fi; \
+	install -D -m 0755 "$$bin" "$(DESTDIR)$(BINDIR)/pocketses"; \
+	install -d "$(DESTDIR)$(UNITDIR)"; \
+	sed -e 's|^ExecStart=/usr/local/bin/pocketses|ExecStart=$(BINDIR)/pocketses|' \
+		-e 's|^EnvironmentFile=-/etc/default/pocketses|EnvironmentFile=-$(SYSCONFDIR)/default/pocketses|' \
+		contrib/systemd/pocketses.service >"$(DESTDIR)$(UNITDIR)/pocketses.service"; \
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/pocketses.service"; \
+	if [ ! -e "$(DESTDIR)$(SYSCONFDIR)/default/pocketses" ]; then \
+		install -D -m 0644 contrib/systemd/pocketses.default "$(DESTDIR)$(SYSCONFDIR)/default/pocketses"; \
+	fi; \
+	echo "installed $(DESTDIR)$(BINDIR)/pocketses and $(DESTDIR)$(UNITDIR)/pocketses.service"
+
+# Leaves $(SYSCONFDIR)/default/pocketses (your settings) and /var/lib/pocketses (its data).
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/pocketses" "$(DESTDIR)$(UNITDIR)/pocketses.service"
+
+# Installs the newest pocketses_*.snap built here, whatever its architecture.
+install-snap:
 	@snap=$$(ls -t pocketses_*.snap 2>/dev/null | head -n 1); \
 	if [ -z "$$snap" ]; then echo "no pocketses_*.snap here: run 'make snap' first" >&2; exit 1; fi; \
 	echo "$(SUDO) snap install --dangerous $$snap"; \

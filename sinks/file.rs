@@ -29,20 +29,55 @@ use nix::unistd::{access, AccessFlags};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::config::Config;
 use crate::encode::Frame;
 use crate::logging::RateLimit;
 use crate::plugin::{Sink, SinkPlugin};
+use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
 
 inventory::submit! {
     SinkPlugin {
         name: "file",
         aliases: &[],
         description: "appends JSON lines to file.path, rotated at file.max-size into .1 ... .N",
-        preflight: |config| check_path(&config.file_path).map_err(|e| format!("file.path: {e}")),
-        build: |config| Box::pin(async move {
-            Ok(Box::new(FileSink::start(Settings::of(&config)).await?) as Box<dyn Sink>)
-        }),
+        on_by_default: None,
+        settings: Declared::typed::<Settings>(&[
+            Setting {
+                key: "file.path",
+                kind: Kind::Path,
+                default: DefaultValue::Computed(default_path),
+                help: "JSON-lines file of the file sink ($SNAP_COMMON/pocketses.jsonl in a snap)",
+            },
+            Setting {
+                key: "file.max-size",
+                kind: Kind::Size { min: 1 << 10, max: 1 << 40 },
+                default: DefaultValue::Text("10M"),
+                help: "Size at which the file is rotated: bytes, or K/M/G/T (1024-based)",
+            },
+            Setting {
+                key: "file.max-files",
+                kind: Kind::Whole { min: 1, max: 1000 },
+                default: DefaultValue::Text("5"),
+                help: "Rotated files kept (.1 to .N)",
+            },
+        ]),
+        preflight: |config| {
+            let settings: Settings = config.settings()?;
+            check_path(&settings.path).map_err(|e| format!("file.path: {e}"))
+        },
+        build: |config| {
+            let settings = Settings::of(config);
+            Box::pin(async move { Ok(Box::new(FileSink::start(settings?).await?) as Box<dyn Sink>) })
+        },
+    }
+}
+
+/// `$SNAP_COMMON/pocketses.jsonl` under a snap (a path fit for a setting), else
+/// `pocketses.jsonl` in the working directory.
+fn default_path() -> String {
+    let common = std::env::var("SNAP_COMMON").ok();
+    match common.filter(|c| !c.is_empty() && !c.contains(char::is_control)) {
+        Some(common) => format!("{}/pocketses.jsonl", common.trim_end_matches('/')),
+        None => "pocketses.jsonl".into(),
     }
 }
 
@@ -58,8 +93,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How a symbolic link at `file.path` is refused.
 const SYMLINK: &str = "is a symbolic link; refusing to follow it";
 
-/// The settings of this sink. Empty until the writer thread has opened its first path.
-#[derive(Default)]
+/// The settings of this sink (`file.path`, `file.max-size`, `file.max-files`). Empty until
+/// the writer thread has opened its first path.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Settings {
     path: PathBuf,
     max_size: u64,
@@ -67,12 +104,8 @@ struct Settings {
 }
 
 impl Settings {
-    fn of(config: &Config) -> Settings {
-        Settings {
-            path: config.file_path.clone(),
-            max_size: config.file_max_size,
-            max_files: config.file_max_files,
-        }
+    fn of(config: &PluginConfig) -> anyhow::Result<Settings> {
+        config.settings().map_err(anyhow::Error::msg)
     }
 }
 
@@ -165,8 +198,8 @@ impl Sink for FileSink {
         self.send(Job::Append(frame.json.clone()))
     }
 
-    async fn reconfigure(&mut self, config: &Config) -> anyhow::Result<bool> {
-        self.configure(Settings::of(config)).await?;
+    async fn reconfigure(&mut self, config: &PluginConfig) -> anyhow::Result<bool> {
+        self.configure(Settings::of(config)?).await?;
         Ok(true)
     }
 

@@ -5,3 +5,5 @@ mod stdout;
 mod tcp;
 #[cfg(feature = "test-plugins")]
 mod testing;
+#[cfg(feature = "test-plugins")]
+mod testing_settings;

@@ -19,12 +19,15 @@ use tracing::warn;
 use crate::encode::Frame;
 use crate::logging::RateLimit;
 use crate::plugin::{Sink, SinkPlugin};
+use crate::settings::{Declared, PluginConfig};
 
 inventory::submit! {
     SinkPlugin {
         name: "stdout",
         aliases: &[],
         description: "one JSON line per snapshot on standard output",
+        on_by_default: None,
+        settings: Declared::NONE,
         preflight: |_config| Ok(()),
         build: |_config| Box::pin(async { Ok(Box::new(StdoutSink::new()) as Box<dyn Sink>) }),
     }
@@ -103,7 +106,7 @@ impl Sink for StdoutSink {
         }
     }
 
-    async fn reconfigure(&mut self, _config: &crate::config::Config) -> anyhow::Result<bool> {
+    async fn reconfigure(&mut self, _config: &PluginConfig) -> anyhow::Result<bool> {
         Ok(true) // nothing to configure
     }
 

@@ -29,10 +29,10 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::encode::Frame;
 use crate::logging::RateLimit;
 use crate::plugin::{Sink, SinkPlugin};
+use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
 
 /// Lines a subscriber may have queued before it loses the oldest: its memory bound.
 const QUEUE: usize = 8;
@@ -68,11 +68,61 @@ inventory::submit! {
         name: "tcp",
         aliases: &["tcp-lines"],
         description: "publisher: every TCP subscriber gets each snapshot as a CRLF line (telnet 127.0.0.1 8888)",
-        preflight,
-        build: |config| Box::pin(async move {
-            preflight(&config).map_err(anyhow::Error::msg)?;
-            Ok(Box::new(TcpSink::start(&config).await?) as Box<dyn Sink>)
-        }),
+        on_by_default: Some(1),
+        // The original tool's keys, without a prefix, so that what users set keeps working.
+        settings: Declared::typed::<TcpSettings>(&[
+            Setting {
+                key: "port",
+                kind: Kind::Port,
+                default: DefaultValue::Text("8888"),
+                help: "TCP port for subscribers; 0 picks a free one",
+            },
+            Setting {
+                key: "bind",
+                kind: Kind::Address,
+                default: DefaultValue::Text("127.0.0.1"),
+                help: "Address the TCP publisher listens on",
+            },
+            Setting {
+                key: "max-clients",
+                kind: Kind::Whole { min: 1, max: 1_000_000 },
+                default: DefaultValue::Text("1024"),
+                help: "Most TCP subscribers at once",
+            },
+        ]),
+        preflight: |config| preflight(&Wanted::of(config)?.settings),
+        build: |config| {
+            let config = config.clone();
+            Box::pin(async move {
+                let wanted = Wanted::of(&config).map_err(anyhow::Error::msg)?;
+                preflight(&wanted.settings).map_err(anyhow::Error::msg)?;
+                Ok(Box::new(TcpSink::start(&wanted).await?) as Box<dyn Sink>)
+            })
+        },
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TcpSettings {
+    port: u16,
+    bind: IpAddr,
+    max_clients: usize,
+}
+
+/// What the sink runs with: its settings, and the interval, which sets how long a
+/// subscriber may stall.
+struct Wanted {
+    settings: TcpSettings,
+    interval: Duration,
+}
+
+impl Wanted {
+    fn of(config: &PluginConfig) -> Result<Wanted, String> {
+        Ok(Wanted {
+            settings: config.settings()?,
+            interval: config.interval,
+        })
     }
 }
 
@@ -80,12 +130,12 @@ inventory::submit! {
 /// free port, never listening) and closed at once. The configured port is not probed: the
 /// configure hook runs `--check` while the daemon holds it. A probe that fails otherwise
 /// (denied by confinement, out of descriptors) says nothing about the setting and passes.
-fn preflight(config: &crate::config::Config) -> Result<(), String> {
+fn preflight(settings: &TcpSettings) -> Result<(), String> {
     use nix::errno::Errno;
     use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
     use std::net::SocketAddr;
     use std::os::fd::AsRawFd;
-    let addr = SocketAddr::new(config.bind, 0);
+    let addr = SocketAddr::new(settings.bind, 0);
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -112,13 +162,13 @@ struct TcpSink {
 
 impl TcpSink {
     /// Binds and starts accepting; subscribers are served from here on.
-    async fn start(config: &Config) -> anyhow::Result<TcpSink> {
-        let wanted = SocketAddr::new(config.bind, config.port);
+    async fn start(config: &Wanted) -> anyhow::Result<TcpSink> {
+        let wanted = SocketAddr::new(config.settings.bind, config.settings.port);
         let listener = listen(wanted).with_context(|| format!("listening on {wanted}"))?;
         let hub = Arc::new(Hub::new(config, None));
         Ok(TcpSink {
-            bind: config.bind,
-            port: config.port,
+            bind: config.settings.bind,
+            port: config.settings.port,
             acceptor: Some(Acceptor::start(listener, hub.clone(), JoinSet::new())?),
             hub,
         })
@@ -132,8 +182,8 @@ impl TcpSink {
     /// listener is usually what is in the way (127.0.0.1:P → 0.0.0.0:P), so then the old
     /// listener is closed, the new one bound, and if that still fails the old address is
     /// bound again with its subscribers kept: the sink runs as before the reload.
-    async fn move_to(&mut self, config: &Config) -> anyhow::Result<()> {
-        let wanted = SocketAddr::new(config.bind, config.port);
+    async fn move_to(&mut self, config: &Wanted) -> anyhow::Result<()> {
+        let wanted = SocketAddr::new(config.settings.bind, config.settings.port);
         let listening =
             |e: io::Error| anyhow::Error::new(e).context(format!("listening on {wanted}"));
         let listener = match (listen(wanted), self.acceptor.take()) {
@@ -180,7 +230,7 @@ impl TcpSink {
 
     /// Ends the current subscribers (they send what they have queued, then close) and gives
     /// new ones a fresh hub that starts from the latest line.
-    fn retire(&mut self, subscribers: JoinSet<()>, config: &Config) {
+    fn retire(&mut self, subscribers: JoinSet<()>, config: &Wanted) {
         let latest = self.hub.feed.lock().unwrap().latest.clone();
         let old = std::mem::replace(&mut self.hub, Arc::new(Hub::new(config, latest)));
         old.close();
@@ -201,10 +251,13 @@ impl Sink for TcpSink {
     /// Adopts the limits in place. The same address keeps the listener and every
     /// subscriber; another address is moved to here, never by a second sink, whose listener
     /// could not bind while this one holds the port.
-    async fn reconfigure(&mut self, config: &Config) -> anyhow::Result<bool> {
-        if (config.bind, config.port) != (self.bind, self.port) || self.acceptor.is_none() {
+    async fn reconfigure(&mut self, config: &PluginConfig) -> anyhow::Result<bool> {
+        let config = &Wanted::of(config).map_err(anyhow::Error::msg)?;
+        if (config.settings.bind, config.settings.port) != (self.bind, self.port)
+            || self.acceptor.is_none()
+        {
             self.move_to(config).await?;
-            (self.bind, self.port) = (config.bind, config.port);
+            (self.bind, self.port) = (config.settings.bind, config.settings.port);
         }
         self.hub.adopt(config);
         Ok(true)
@@ -297,7 +350,7 @@ struct Feed {
 
 impl Hub {
     /// A hub whose subscribers start from `latest`.
-    fn new(config: &Config, latest: Option<Bytes>) -> Hub {
+    fn new(config: &Wanted, latest: Option<Bytes>) -> Hub {
         let hub = Hub {
             feed: Mutex::new(Feed {
                 latest,
@@ -312,12 +365,12 @@ impl Hub {
         hub
     }
 
-    fn adopt(&self, config: &Config) {
+    fn adopt(&self, config: &Wanted) {
         let stall = MIN_STALL.max(config.interval * STALL_INTERVALS);
         self.stall_ms
             .store(stall.as_millis() as u64, Ordering::Relaxed);
         self.max_clients
-            .store(config.max_clients, Ordering::Relaxed);
+            .store(config.settings.max_clients, Ordering::Relaxed);
     }
 
     fn publish(&self, line: Bytes) {

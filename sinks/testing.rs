@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::encode::Frame;
 use crate::plugin::{Sink, SinkPlugin};
+use crate::settings::Declared;
 
 /// How long the sink takes to become ready: many ticks at the shortest interval.
 const START_UP: Duration = Duration::from_millis(300);
@@ -18,6 +19,8 @@ inventory::submit! {
         name: "test-slow-start",
         aliases: &[],
         description: "test only: ready after 300 ms, logs the seq of each snapshot",
+        on_by_default: None,
+        settings: Declared::NONE,
         preflight: |_| Ok(()),
         build: |_| Box::pin(async {
             tokio::time::sleep(START_UP).await;

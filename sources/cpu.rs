@@ -11,12 +11,15 @@ use crate::encode::humanize::{one_decimal, ser_one_decimal};
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "cpu",
         aliases: &[],
         description: "online CPU count, utilization per CPU and overall, time per mode, frequency",
+        on_by_default: Some(1),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Cpu::new(ctx.host.clone()))),
     }
 }
@@ -248,14 +251,12 @@ fn cpuinfo_mhz(text: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-/// USER_HZ: the unit of `/proc/stat` times.
+/// USER_HZ: the unit of `/proc/stat` times (100 where the system does not say).
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as f64
-    } else {
-        100.0
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        _ => 100.0,
     }
 }
 

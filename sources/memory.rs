@@ -7,12 +7,15 @@ use crate::encode::humanize::{ser_bytes, ser_percent};
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "memory",
         aliases: &["mem"],
         description: "virtual memory (total, available, used) and swap",
+        on_by_default: Some(2),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Memory { host: ctx.host.clone(), buf: String::new() })),
     }
 }

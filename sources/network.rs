@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
 use std::time::Instant;
@@ -18,12 +18,15 @@ use crate::encode::humanize::ser_bytes;
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "network",
         aliases: &["net"],
         description: "traffic totals, per-interface counters and rates, IPv4 (and in raw IPv6) addresses",
+        on_by_default: Some(3),
+        settings: Declared::NONE,
         build: |ctx| Ok(Box::new(Network::new(ctx.host.clone())?)),
     }
 }
@@ -96,19 +99,17 @@ struct Ipv4Lister {
     capacity: usize,
 }
 
-/// From `<linux/sockios.h>`; the libc crate defines it for other systems only.
-const SIOCGIFCONF: libc::c_ulong = 0x8912;
-
 impl Ipv4Lister {
     fn new() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
         Ok(Ipv4Lister {
-            // SAFETY: fd is a fresh descriptor nobody else owns.
-            socket: unsafe { OwnedFd::from_raw_fd(fd) },
+            socket,
             capacity: 16,
         })
     }
@@ -125,7 +126,9 @@ impl Ipv4Lister {
                 },
             };
             // SAFETY: conf points at `capacity` writable ifreqs and says so in ifc_len.
-            if unsafe { libc::ioctl(self.socket.as_raw_fd(), SIOCGIFCONF as _, &mut conf) } < 0 {
+            if unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::SIOCGIFCONF as _, &mut conf) }
+                < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             let filled = conf.ifc_len as usize / std::mem::size_of::<libc::ifreq>();

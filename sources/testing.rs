@@ -6,12 +6,15 @@ use async_trait::async_trait;
 
 use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
+use crate::settings::Declared;
 
 inventory::submit! {
     SourcePlugin {
         name: "test-view-panics",
         aliases: &[],
         description: "test only: a section whose view panics",
+        on_by_default: None,
+        settings: Declared::NONE,
         build: |_| Ok(Box::new(Sections(|| Box::new(ViewPanics)))),
     }
 }
@@ -21,6 +24,8 @@ inventory::submit! {
         name: "test-drop-panics",
         aliases: &[],
         description: "test only: a section that panics when dropped, ending the collector",
+        on_by_default: None,
+        settings: Declared::NONE,
         build: |_| Ok(Box::new(Sections(|| Box::new(DropPanics)))),
     }
 }
@@ -30,6 +35,8 @@ inventory::submit! {
         name: "test-slow",
         aliases: &[],
         description: "test only: every second call blocks for 500 ms; sections count the calls",
+        on_by_default: None,
+        settings: Declared::NONE,
         build: |_| Ok(Box::new(Slow { calls: 0 })),
     }
 }

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Arg, CommandFactory, FromArgMatches, Parser};
 use tokio::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, Origin};
+use crate::config::{self, Config, ConfigError, Origin};
 use crate::hostfs::HostFs;
 use crate::pipeline::{warm_up, Collection, Pipeline};
 use crate::plugin::{self, Plugin, SinkPlugin, SourcePlugin};
@@ -21,50 +21,17 @@ const RUNTIME_ERROR: u8 = 1;
 
 /// Host metrics (CPU, memory, network) as one JSON document per interval, published to TCP
 /// subscribers, stdout and a rotated JSON-lines file.
+// The flags of the run modes are derived here; one flag per setting, core or plugin, is
+// added from the declarations ([`Args::command_with_settings`]).
 // The numeric settings take values that start with '-' (`--interval -inf`), so that the
 // setting's own check names the key, the value and what is allowed, as for any bad value.
 #[derive(Debug, Parser)]
 #[command(name = "pocketses", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
 pub struct Args {
-    /// Sources to collect, in snapshot order [default: cpu,memory,network]
-    #[arg(long, value_name = "LIST")]
-    pub sources: Option<String>,
-    /// Sinks to publish to [default: tcp]
-    #[arg(long, value_name = "LIST")]
-    pub sinks: Option<String>,
-    /// TCP port for subscribers; 0 picks a free one [default: 8888]
-    #[arg(long, allow_hyphen_values = true)]
-    pub port: Option<String>,
-    /// Address the TCP publisher listens on [default: 127.0.0.1]
-    #[arg(long, value_name = "ADDR")]
-    pub bind: Option<String>,
-    /// Seconds between snapshots, fractions allowed, at least 0.01 [default: 60]
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
-    pub interval: Option<String>,
-    /// Message encoding: seed or raw [default: seed]
-    #[arg(long)]
-    pub format: Option<String>,
-    /// Most TCP subscribers at once [default: 1024]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub max_clients: Option<String>,
-    /// JSON-lines file of the file sink [default: ./pocketses.jsonl, $SNAP_COMMON/pocketses.jsonl in a snap]
-    #[arg(long, value_name = "PATH")]
-    pub file_path: Option<String>,
-    /// Size at which the file is rotated: bytes, or K/M/G/T (1024-based) [default: 10M]
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub file_max_size: Option<String>,
-    /// Rotated files kept (.1 to .N) [default: 5]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub file_max_files: Option<String>,
-    /// Read /proc and /sys under DIR (the host's root mounted in a container, a fixture
-    /// tree); it does not change the network namespace that interface addresses come from,
-    /// nor the agent's own limits [default: /]
-    #[arg(long, value_name = "DIR")]
-    pub host_root: Option<String>,
     /// Collect one snapshot, print it to stdout and exit, whatever the sinks
     #[arg(long, conflicts_with_all = ["list", "check"])]
     pub once: bool,
-    /// List the registered sources and sinks
+    /// List the registered sources and sinks, with their settings and defaults
     #[arg(long, conflicts_with = "check")]
     pub list: bool,
     /// Validate the effective configuration and what the enabled sinks need (the file's path
@@ -77,6 +44,9 @@ pub struct Args {
     /// Do not read the snap configuration
     #[arg(long)]
     pub no_snap: bool,
+    /// The settings given as flags, as `(key, value)`.
+    #[arg(skip)]
+    pub settings: Vec<(&'static str, String)>,
 }
 
 const AFTER_HELP: &str = "\
@@ -85,23 +55,59 @@ then these flags; later wins. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=deb
 Subscribe to the TCP publisher with: telnet 127.0.0.1 8888";
 
 impl Args {
-    /// The flags that set a configuration key, as `(key, value)`.
-    fn settings(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            ("sources", &self.sources),
-            ("sinks", &self.sinks),
-            ("port", &self.port),
-            ("bind", &self.bind),
-            ("interval", &self.interval),
-            ("format", &self.format),
-            ("max-clients", &self.max_clients),
-            ("file.path", &self.file_path),
-            ("file.max-size", &self.file_max_size),
-            ("file.max-files", &self.file_max_files),
-            ("host-root", &self.host_root),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key, value.as_deref()?)))
+    /// The command line: the derived flags, then one `--<key>` per declared setting (the
+    /// key with `.` as `-`), showing its default.
+    pub fn command_with_settings() -> clap::Command {
+        let mut command = Args::command();
+        // The settings first, core then each plugin's, as `--check` lists them; then the
+        // run modes.
+        let modes: Vec<String> = (command.get_arguments())
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        let mut order = 0;
+        for setting in config::settings() {
+            let help = format!("{} [default: {}]", setting.help, setting.default.text());
+            command = command.arg(
+                Arg::new(setting.key)
+                    .long(setting.flag())
+                    .value_name(setting.value_name())
+                    .allow_hyphen_values(setting.numeric())
+                    .help(help)
+                    .display_order(order),
+            );
+            order += 1;
+        }
+        for mode in modes {
+            command = command.mut_arg(mode, |arg| arg.display_order(order));
+            order += 1;
+        }
+        command
+    }
+
+    /// Parses the process's arguments; exits on a usage error, `--help` or `--version`.
+    pub fn from_env() -> Args {
+        Args::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name).
+    pub fn from_args<I, T>(args: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Args::command_with_settings().try_get_matches_from(args)?;
+        let mut parsed = Args::from_arg_matches(&matches)?;
+        parsed.settings = (config::settings())
+            .filter_map(|s| Some((s.key, matches.get_one::<String>(s.key)?.clone())))
+            .collect();
+        Ok(parsed)
+    }
+
+    /// The value given for `key` on the command line.
+    fn setting(&self, key: &str) -> Option<&str> {
+        (self.settings.iter())
+            .find(|(k, _)| *k == key)
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -132,7 +138,7 @@ pub async fn load_config(args: &Args) -> Result<Loaded, Vec<ConfigError>> {
         }
     }
     errors.extend(
-        args.settings()
+        (args.settings.iter())
             .filter_map(|(key, value)| config.set(key, value, Origin::Flag).err()),
     );
     if errors.is_empty() {
@@ -146,7 +152,7 @@ pub async fn load_config(args: &Args) -> Result<Loaded, Vec<ConfigError>> {
 }
 
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     crate::logging::init();
     if args.list {
         print!("{}", plugin_list());
@@ -191,7 +197,7 @@ pub fn main() -> ExitCode {
         // problem is printed, as for invalid values.
         let problems: Vec<String> = (config.sinks.iter())
             .filter_map(|&name| plugin::find::<SinkPlugin>(name))
-            .filter_map(|sink| (sink.preflight)(&config).err())
+            .filter_map(|sink| (sink.preflight)(&config.plugin_config(&sink.settings)).err())
             .collect();
         if !problems.is_empty() {
             for problem in problems {
@@ -203,7 +209,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = if args.once {
-        if let Some(sinks) = &args.sinks {
+        if let Some(sinks) = args.setting("sinks") {
             warn!("--once prints to stdout only; --sinks {sinks} is ignored");
         }
         once(runtime, &config)
@@ -219,7 +225,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `--list`: the registered plugins with a line of description each.
+/// `--list`: the registered plugins with a line of description each, and under each its
+/// settings as `key=default` with their help.
 pub fn plugin_list() -> String {
     fn section<P: Plugin>(title: &str, out: &mut String) {
         out.push_str(title);
@@ -227,6 +234,10 @@ pub fn plugin_list() -> String {
         for p in P::all() {
             let name = plugin::display_name(p);
             out.push_str(&format!("  {name:<20} {}\n", p.description()));
+            for setting in p.settings().keys {
+                let key = format!("{}={}", setting.key, setting.default.text());
+                out.push_str(&format!("    {key:<30} {}\n", setting.help));
+            }
         }
     }
     let mut out = String::new();

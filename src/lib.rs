@@ -17,7 +17,10 @@ pub mod pipeline;
 pub mod plugin;
 pub mod quote;
 pub mod schedule;
+pub mod settings;
 pub mod snapd;
+#[cfg(feature = "watch")]
+pub mod watch;
 
 #[path = "../sources/mod.rs"]
 pub mod sources;

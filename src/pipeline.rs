@@ -40,6 +40,7 @@ use crate::logging::RateLimit;
 use crate::model::Section;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
 use crate::schedule::Ticker;
+use crate::settings::{Declared, PluginConfig};
 
 /// Snapshots a sink may have queued before it starts losing the oldest.
 const SINK_QUEUE: usize = 16;
@@ -440,18 +441,22 @@ async fn run_collector(
     }
 }
 
-/// A sink running in its own task, with the configuration it really runs with.
+/// A sink running in its own task, with the settings it really runs with.
 struct RunningSink {
     name: &'static str,
     /// Tells this sink apart from a later one of the same name, when it reports finishing.
     id: u64,
-    config: Arc<Config>,
+    /// The sink's declared settings, to take its part of a new configuration.
+    settings: &'static Declared,
+    /// Its part of the configuration it runs with: a reload that changes only other
+    /// plugins' settings leaves it alone.
+    config: PluginConfig,
     commands: tokio::sync::mpsc::Sender<SinkCommand>,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct SinkCommand {
-    config: Arc<Config>,
+    config: PluginConfig,
     reply: oneshot::Sender<anyhow::Result<bool>>,
 }
 
@@ -464,14 +469,11 @@ struct SinkStarter {
 
 impl SinkStarter {
     /// Builds the sink (it is ready when this returns) and starts feeding it.
-    async fn start(
-        &mut self,
-        name: &'static str,
-        config: &Arc<Config>,
-    ) -> anyhow::Result<RunningSink> {
+    async fn start(&mut self, name: &'static str, config: &Config) -> anyhow::Result<RunningSink> {
         let plugin = plugin::find::<SinkPlugin>(name)
             .with_context(|| format!("no sink is registered as {name:?}"))?;
-        let mut sink = (plugin.build)(config.clone())
+        let given = config.plugin_config(&plugin.settings);
+        let mut sink = (plugin.build)(&given)
             .await
             .with_context(|| format!("sink {name}"))?;
         let id = self.next_id;
@@ -520,7 +522,8 @@ impl SinkStarter {
         Ok(RunningSink {
             name,
             id,
-            config: config.clone(),
+            settings: &plugin.settings,
+            config: given,
             commands,
             task,
         })
@@ -529,12 +532,9 @@ impl SinkStarter {
 
 impl RunningSink {
     /// `Ok(true)` when the sink adopted `config` in place.
-    async fn reconfigure(&self, config: &Arc<Config>) -> anyhow::Result<bool> {
+    async fn reconfigure(&self, config: PluginConfig) -> anyhow::Result<bool> {
         let (reply, answer) = oneshot::channel();
-        let command = SinkCommand {
-            config: config.clone(),
-            reply,
-        };
+        let command = SinkCommand { config, reply };
         self.commands
             .send(command)
             .await
@@ -604,8 +604,10 @@ impl Pipeline {
     pub fn runs(&self, config: &Config) -> bool {
         self.collecting == Collecting::of(config)
             && self.sinks.len() == config.sinks.len()
-            && (config.sinks.iter())
-                .all(|&name| (self.sinks.iter()).any(|s| s.name == name && *s.config == *config))
+            && (config.sinks.iter()).all(|&name| {
+                (self.sinks.iter())
+                    .any(|s| s.name == name && s.config == config.plugin_config(s.settings))
+            })
     }
 
     /// Applies a new (already validated) configuration wherever it differs from what runs.
@@ -629,13 +631,14 @@ impl Pipeline {
                 }
                 continue;
             };
-            if *running.config == *config {
+            let wanted = config.plugin_config(running.settings);
+            if running.config == wanted {
                 self.sinks.push(running);
                 continue;
             }
-            match running.reconfigure(&config).await {
+            match running.reconfigure(wanted.clone()).await {
                 Ok(true) => {
-                    running.config = config.clone();
+                    running.config = wanted;
                     self.sinks.push(running);
                 }
                 Ok(false) => match self.starter.start(name, &config).await {

@@ -2,19 +2,19 @@
 //!
 //! A source or sink is one file under `sources/` or `sinks/` that implements [`Source`] or
 //! [`Sink`] and registers a [`SourcePlugin`] or [`SinkPlugin`] beside the type with
-//! `inventory::submit!`. The registry looks plugins up by name or alias; nothing else in the
+//! `inventory::submit!`. The record also declares the plugin's settings and whether it is
+//! enabled by default. The registry looks plugins up by name or alias; nothing else in the
 //! framework knows which plugins exist.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::Config;
 use crate::encode::Frame;
 use crate::hostfs::HostFs;
 use crate::model::Section;
+use crate::settings::{Declared, PluginConfig};
 
 /// A metric source, collected on the async runtime once per tick under the tick's deadline
 /// (see [`crate::pipeline`]): a call that waits goes on as a task of its own and holds up no
@@ -43,7 +43,7 @@ pub trait Sink: Send {
 
     /// Adopts a reloaded configuration in place. `Ok(false)` asks the pipeline to build a
     /// fresh sink instead (the default); `Err` keeps this sink running unchanged.
-    async fn reconfigure(&mut self, _config: &Config) -> anyhow::Result<bool> {
+    async fn reconfigure(&mut self, _config: &PluginConfig) -> anyhow::Result<bool> {
         Ok(false)
     }
 
@@ -73,6 +73,9 @@ pub struct SourcePlugin {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub description: &'static str,
+    /// `Some(n)`: collected when `sources` is not set, at place `n` of the snapshot.
+    pub on_by_default: Option<u8>,
+    pub settings: Declared,
     pub build: fn(&SourceContext) -> anyhow::Result<Box<dyn Source>>,
 }
 
@@ -81,11 +84,14 @@ pub struct SinkPlugin {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub description: &'static str,
-    /// Checks the settings this sink uses without side effects (no file created, no port
-    /// held), for `--check`; `build` makes the same checks, so start refuses what `--check`
+    /// `Some(n)`: enabled when `sinks` is not set, listed at place `n`.
+    pub on_by_default: Option<u8>,
+    pub settings: Declared,
+    /// Checks this sink's settings without side effects (no file created, no port held),
+    /// for `--check`; `build` makes the same checks, so start refuses what `--check`
     /// refuses, in the same words. `Err` names the setting to fix.
-    pub preflight: fn(&Config) -> Result<(), String>,
-    pub build: fn(Arc<Config>) -> SinkFuture,
+    pub preflight: fn(&PluginConfig) -> Result<(), String>,
+    pub build: fn(&PluginConfig) -> SinkFuture,
 }
 
 inventory::collect!(SourcePlugin);
@@ -98,6 +104,8 @@ pub trait Plugin: Sized + Sync + 'static {
     fn name(&self) -> &'static str;
     fn aliases(&self) -> &'static [&'static str];
     fn description(&self) -> &'static str;
+    fn on_by_default(&self) -> Option<u8>;
+    fn settings(&self) -> &Declared;
     fn all() -> Vec<&'static Self>;
 }
 
@@ -113,6 +121,12 @@ macro_rules! impl_plugin {
             }
             fn description(&self) -> &'static str {
                 self.description
+            }
+            fn on_by_default(&self) -> Option<u8> {
+                self.on_by_default
+            }
+            fn settings(&self) -> &Declared {
+                &self.settings
             }
             fn all() -> Vec<&'static Self> {
                 let mut all: Vec<_> = inventory::iter::<$ty>.into_iter().collect();
@@ -147,6 +161,18 @@ pub fn valid_names<P: Plugin>() -> String {
         .map(display_name)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `cpu,memory,network`: the plugins enabled by default, in their declared order.
+pub fn default_names<P: Plugin>() -> String {
+    let mut on: Vec<_> = (P::all().into_iter())
+        .filter_map(|p| Some((p.on_by_default()?, p.name())))
+        .collect();
+    on.sort();
+    on.iter()
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One collection of `source` outside the pipeline, for unit tests.

@@ -59,10 +59,10 @@ mod tests {
 
     #[test]
     fn short_text_is_shown_whole() {
-        assert_eq!(quoted("cpu,bogus"), r#""cpu,bogus""#);
+        assert_eq!(quoted("a,bogus"), r#""a,bogus""#);
         assert_eq!(quoted("{\"a\":1}"), r#""{\"a\":1}""#);
-        assert_eq!(name("file.max-size"), "file.max-size");
-        assert_eq!(name("a\nport=1"), r#""a\nport=1""#);
+        assert_eq!(name("group.max-size"), "group.max-size");
+        assert_eq!(name("a\nkey=1"), r#""a\nkey=1""#);
         assert_eq!(name(""), r#""""#);
         assert_eq!(prose("snap \"x\" has no\n\"y\""), r#"snap "x" has no\n"y""#);
     }

@@ -195,13 +195,164 @@ fn check_prints_the_effective_configuration() {
 }
 
 #[test]
-fn list_describes_every_plugin() {
+fn list_describes_every_plugin_with_its_settings_and_defaults() {
     let out = run(&["--list"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for name in ["cpu ", "memory (mem)", "network (net)", "stdout "] {
+    for name in [
+        "cpu ",
+        "memory (mem)",
+        "network (net)",
+        "stdout ",
+        "tcp (tcp-lines)",
+    ] {
         assert!(stdout.contains(name), "{name} not in {stdout}");
     }
+    // Each plugin's settings follow its line, as `key=default`.
+    let after = |plugin: &str| -> Vec<String> {
+        let lines: Vec<&str> = stdout.lines().collect();
+        let at = (lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(plugin)))
+        .unwrap_or_else(|| panic!("{plugin} not in {stdout}"));
+        (lines[at + 1..].iter())
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        after("tcp"),
+        ["port=8888", "bind=127.0.0.1", "max-clients=1024"]
+    );
+    assert_eq!(
+        after("file"),
+        [
+            "file.path=pocketses.jsonl",
+            "file.max-size=10M",
+            "file.max-files=5"
+        ]
+    );
+    assert!(after("stdout").is_empty(), "{stdout}");
+}
+
+#[test]
+fn check_shows_every_default_as_the_spec_gives_it() {
+    let out = run(&["--no-snap", "--check"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "sources=cpu,memory,network",
+        "sinks=tcp",
+        "interval=60",
+        "format=seed",
+        "host-root=/",
+        "port=8888",
+        "bind=127.0.0.1",
+        "max-clients=1024",
+        "file.path=pocketses.jsonl",
+        "file.max-size=10485760",
+        "file.max-files=5",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line} not in {stdout}");
+    }
+}
+
+// The test-only sink `test-settings` (sinks/testing_settings.rs) declares `test.greeting`
+// and `test.count` in its own file and nowhere else: each of the next tests finds them in
+// one of the places the framework builds from the declarations.
+
+#[test]
+fn a_plugins_settings_appear_in_help_with_default_and_description() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = |flag: &str| {
+        (help.lines())
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"))
+            .to_string()
+    };
+    let greeting = line("--test-greeting <TEXT>");
+    assert!(
+        greeting.contains("What the test sink says [default: hello]"),
+        "{greeting}"
+    );
+    let count = line("--test-count <N>");
+    assert!(
+        count.contains("How many times the test sink says it [default: 3]"),
+        "{count}"
+    );
+}
+
+#[test]
+fn a_plugins_settings_appear_in_list_under_it() {
+    let out = run(&["--list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = (lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("test-settings ")))
+    .unwrap_or_else(|| panic!("test-settings not in {stdout}"));
+    assert!(
+        lines[at + 1].contains("test.greeting=hello")
+            && lines[at + 1].contains("What the test sink says"),
+        "{stdout}"
+    );
+    assert!(lines[at + 2].contains("test.count=3"), "{stdout}");
+}
+
+#[test]
+fn a_plugins_settings_are_checked_and_shown_by_check() {
+    let out = run(&[
+        "--no-snap",
+        "--check",
+        "--test-greeting",
+        " hej då ",
+        "--test-count",
+        "9",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["test.greeting=hej då", "test.count=9"] {
+        assert!(stdout.lines().any(|l| l == line), "{line} not in {stdout}");
+    }
+    let out = run(&[
+        "--no-snap",
+        "--check",
+        "--test-count",
+        "10",
+        "--test-greeting",
+        "a\nb",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "test.count: invalid value \"10\" (from the command line): a whole number from 1 to 9",
+        "test.greeting: invalid value \"a\\nb\" (from the command line): text without control characters such as line breaks",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not in {stderr}");
+    }
+    let out = run(&["--no-snap", "--check", "--test.count", "1"]);
+    assert_eq!(out.status.code(), Some(2), "only the flag form is a flag");
+}
+
+#[test]
+fn a_plugin_gets_its_settings_typed() {
+    let agent = Agent::start(&[
+        "--sinks",
+        "test-settings",
+        "--interval",
+        "0.05",
+        "--test-greeting",
+        "hi",
+        "--test-count",
+        "2",
+    ]);
+    agent.wait_log("test-settings says \"hi hi\" at seq=");
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(
         body,
-        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "port", "bind", "interval", "format", "max-clients", "file", "host-root"]})
+        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "port", "bind", "max-clients", "test"]})
     );
 }
 
@@ -147,6 +147,52 @@ fn flags_win_over_snap_values_which_win_over_defaults() {
     }
 }
 
+/// The test-only sink's settings, declared in sinks/testing_settings.rs only, read from
+/// snap values as `snap set pocketses test.greeting=hej test.count=7` nests them.
+#[test]
+fn a_plugins_settings_are_read_from_the_snap_configuration() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(
+        dir.dir(),
+        json!({"test": {"greeting": "hej", "count": 7}}),
+        COOKIE,
+    );
+    let (code, stdout, stderr) = check(against(&fake).env("SNAP_COOKIE", COOKIE));
+    assert_eq!(code, 0, "{stderr}");
+    for line in ["test.greeting=hej\n", "test.count=7\n"] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let (code, stdout, stderr) = check(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .args(["--test-count", "2"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("test.count=2\n"), "{stdout}");
+}
+
+/// A reload hands the test-only sink its new settings, typed, in place.
+#[test]
+fn a_reload_gives_a_plugin_its_new_settings() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"test": {"greeting": "hej"}}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .env("RUST_LOG", "info")
+            .args(["--sinks", "test-settings", "--interval", "0.05"]),
+    );
+    agent.next_log("test-settings says \"hej hej hej\"");
+    reload_with(
+        &agent,
+        &fake,
+        json!({"test": {"greeting": "moi", "count": 1}}),
+    );
+    agent.next_log("configuration reloaded");
+    agent.next_log("test-settings says \"moi\"");
+}
+
 #[test]
 fn invalid_snap_values_are_rejected_naming_key_and_value() {
     let dir = Scratch::new();
@@ -162,7 +208,7 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         ),
         (
             json!({"interval": 0}),
-            r#"interval: invalid value "0" (from snap configuration): seconds between snapshots"#,
+            r#"interval: invalid value "0" (from snap configuration): seconds, a number from 0.01 to 86400"#,
         ),
         (
             json!({"port": true}),
@@ -171,6 +217,19 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         (
             json!({"file": {"max-size": {"a": 1}}}),
             r#"file.max-size: invalid value "{\"a\":1}""#,
+        ),
+        // The test-only sink's settings, declared in its own file only.
+        (
+            json!({"test": {"count": 0}}),
+            r#"test.count: invalid value "0" (from snap configuration): a whole number from 1 to 9"#,
+        ),
+        (
+            json!({"test": {"greeting": ["a"]}}),
+            r#"test.greeting: invalid value "[\"a\"]" (from snap configuration): expected a string or a number: text without control characters"#,
+        ),
+        (
+            json!({"test": {"colour": "blue"}}),
+            r#"test.colour: invalid value "blue" (from snap configuration): unknown setting; known settings: sources, sinks"#,
         ),
         (
             json!({"colour": "blue"}),

@@ -105,8 +105,8 @@ pub(crate) mod tests {
 
     #[test]
     fn sync_answers_give_their_result_and_ignore_extra_fields() {
-        let body = br#"{"type":"sync","status-code":200,"status":"OK","result":{"port":8888},"warning-count":2,"warning-timestamp":"2024-01-01T00:00:00Z","maintenance":{"kind":"daemon-restart","message":"daemon is restarting"}}"#;
-        assert_eq!(decode(200, body).unwrap(), json!({"port": 8888}));
+        let body = br#"{"type":"sync","status-code":200,"status":"OK","result":{"interval":60},"warning-count":2,"warning-timestamp":"2024-01-01T00:00:00Z","maintenance":{"kind":"daemon-restart","message":"daemon is restarting"}}"#;
+        assert_eq!(decode(200, body).unwrap(), json!({"interval": 60}));
     }
 
     #[test]
@@ -155,8 +155,8 @@ pub(crate) mod tests {
 
     #[test]
     fn snapctl_output_is_parsed_as_an_object() {
-        let out = snapctl_stdout(json!({"stdout": "{\n\t\"port\": 8888\n}\n", "stderr": ""}));
-        assert_eq!(Value::Object(out.unwrap()), json!({"port": 8888}));
+        let out = snapctl_stdout(json!({"stdout": "{\n\t\"interval\": 60\n}\n", "stderr": ""}));
+        assert_eq!(Value::Object(out.unwrap()), json!({"interval": 60}));
         assert!(snapctl_stdout(json!({"stdout": "8888\n"})).is_err());
         assert!(snapctl_stdout(json!({"stderr": ""})).is_err());
     }

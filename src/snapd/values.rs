@@ -7,13 +7,13 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{self, Config, ConfigError, Origin, KEYS, LIST_KEYS};
+use crate::config::{self, Config, ConfigError, Origin};
 
-/// The top-level snap keys that hold settings (`file` holds `file.path`, ...), in the order
+/// The top-level snap keys that hold settings (`a` holds `a.b`, `a.c`), in the order
 /// `snapctl get -d` is asked for them.
 pub fn top_level_keys() -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = Vec::new();
-    for (key, _) in KEYS {
+    for key in config::settings().map(|s| s.key) {
         let top = key.split('.').next().unwrap_or(key);
         if !keys.contains(&top) {
             keys.push(top);
@@ -33,7 +33,8 @@ pub fn apply(config: &mut Config, document: &Map<String, Value>) -> Vec<ConfigEr
 }
 
 fn apply_at(config: &mut Config, key: String, value: &Value, errors: &mut Vec<ConfigError>) {
-    let group = KEYS.iter().any(|(k, _)| k.starts_with(&format!("{key}.")));
+    let group = config::settings().any(|s| s.key.starts_with(&format!("{key}.")));
+    let setting = config::setting(&key);
     let text = match value {
         Value::Object(children) if group => {
             for (child, value) in children {
@@ -43,7 +44,7 @@ fn apply_at(config: &mut Config, key: String, value: &Value, errors: &mut Vec<Co
         }
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
-        Value::Array(items) if LIST_KEYS.contains(&key.as_str()) => items
+        Value::Array(items) if setting.is_some_and(|s| s.is_list()) => items
             .iter()
             .map(|item| item.as_str().ok_or(()))
             .collect::<Result<Vec<_>, _>>()
@@ -59,13 +60,12 @@ fn apply_at(config: &mut Config, key: String, value: &Value, errors: &mut Vec<Co
 
 /// A value of a JSON type the key cannot take (bool, null, object, array of non-strings).
 fn wrong_shape(key: &str, value: &Value) -> ConfigError {
-    let expected = if LIST_KEYS.contains(&key) {
-        "a comma-separated string or a JSON array of strings"
-    } else {
-        "a string or a number"
-    };
-    let allowed = match config::describe(key) {
-        Some(what) => format!("expected {expected}: {what}"),
+    let allowed = match config::setting(key) {
+        Some(setting) if setting.is_list() => format!(
+            "expected a comma-separated string or a JSON array of strings: {}",
+            setting.allowed()
+        ),
+        Some(setting) => format!("expected a string or a number: {}", setting.allowed()),
         None => config::unknown_key(),
     };
     ConfigError {
@@ -80,8 +80,11 @@ fn wrong_shape(key: &str, value: &Value) -> ConfigError {
 mod tests {
     use super::*;
     use crate::plugin::{Plugin, SinkPlugin, SourcePlugin};
+    use crate::settings::{Kind, Setting};
     use proptest::prelude::*;
     use serde_json::json;
+
+    // These tests name no plugin's setting: they take the settings from the registry.
 
     fn apply_json(document: Value) -> Result<Config, Vec<String>> {
         let mut config = Config::default();
@@ -92,101 +95,124 @@ mod tests {
         }
     }
 
+    /// `value` stored under `key` the way `snap set` nests a dotted key.
+    fn put(document: &mut Value, key: &str, value: Value) {
+        match key.split_once('.') {
+            Some((group, child)) => document[group][child] = value,
+            None => document[key] = value,
+        }
+    }
+
     #[test]
     fn snapctl_is_asked_for_each_top_level_key_once() {
-        assert_eq!(
-            top_level_keys(),
-            [
-                "sources",
-                "sinks",
-                "port",
-                "bind",
-                "interval",
-                "format",
-                "max-clients",
-                "file",
-                "host-root"
-            ]
-        );
+        let tops = top_level_keys();
+        for setting in config::settings() {
+            let top = setting.key.split('.').next().unwrap();
+            assert_eq!(tops.iter().filter(|&&t| t == top).count(), 1, "{top}");
+        }
+        assert_eq!(&tops[..4], ["sources", "sinks", "interval", "format"]);
     }
 
     #[test]
     fn values_are_taken_in_every_shape_snap_set_stores() {
-        let c = apply_json(json!({
-            "sources": "cpu,net", "sinks": ["stdout"], "port": 9001, "interval": "2.5",
-            "max-clients": "10", "file": {"max-size": "1M", "max-files": 3}
-        }))
-        .unwrap();
+        let c =
+            apply_json(json!({"sources": [SourcePlugin::all()[0].name], "interval": 2.5})).unwrap();
         assert_eq!(
-            (c.sources, c.sinks),
-            (vec!["cpu", "network"], vec!["stdout"])
+            (c.sources, c.interval.as_millis()),
+            (vec![SourcePlugin::all()[0].name], 2500)
         );
         assert_eq!(
-            (c.port, c.interval.as_millis(), c.max_clients),
-            (9001, 2500, 10)
+            apply_json(json!({"interval": "2.5"}))
+                .unwrap()
+                .interval
+                .as_millis(),
+            2500
         );
-        assert_eq!((c.file_max_size, c.file_max_files), (1 << 20, 3));
+        // Every default, as strings, numbers and nested groups, reads back as the defaults.
+        let mut document = json!({});
+        for setting in config::settings() {
+            let text = setting.default.text();
+            let value = serde_json::from_str::<serde_json::Number>(&text)
+                .map_or_else(|_| json!(text), Value::from);
+            put(&mut document, setting.key, value);
+        }
+        assert_eq!(apply_json(document).unwrap(), Config::default());
         assert_eq!(apply_json(json!({})).unwrap(), Config::default());
     }
 
     #[test]
     fn wrong_shapes_and_unknown_keys_name_key_value_and_what_is_allowed() {
         let errors = apply_json(json!({
-            "port": {"a": 1}, "interval": true, "format": null, "sources": [1, 2],
-            "prot": 8888, "file": {"maxsize": "1M"}, "bind": "nowhere"
+            "interval": true, "format": null, "sources": [1, 2], "sinks": {"a": 1},
+            "intreval": 60, "host-root": {"x": 1}
         }))
         .unwrap_err();
         let all = errors.join("\n");
         for expected in [
-            r#"port: invalid value "{\"a\":1}" (from snap configuration): expected a string or a number: a TCP port"#,
-            r#"interval: invalid value "true""#,
+            r#"interval: invalid value "true" (from snap configuration): expected a string or a number: seconds"#,
             r#"format: invalid value "null""#,
             r#"sources: invalid value "[1,2]" (from snap configuration): expected a comma-separated string or a JSON array of strings"#,
-            r#"prot: invalid value "8888" (from snap configuration): unknown setting; known settings: sources, sinks"#,
-            r#"file.maxsize: invalid value "1M""#,
-            r#"bind: invalid value "nowhere""#,
+            r#"sinks: invalid value "{\"a\":1}""#,
+            r#"intreval: invalid value "60" (from snap configuration): unknown setting; known settings: sources, sinks"#,
+            r#"host-root: invalid value "{\"x\":1}""#,
         ] {
             assert!(all.contains(expected), "missing {expected}\nin:\n{all}");
         }
-        assert_eq!(errors.len(), 7, "{all}");
+        assert_eq!(errors.len(), 6, "{all}");
+        // Under a group that holds settings, an unknown child is named with its group.
+        let Some(group) = config::settings().find_map(|s| s.key.split_once('.')) else {
+            return;
+        };
+        let e = apply_json(json!({ group.0: {"nosuch": "1"} })).unwrap_err();
+        assert!(
+            e[0].starts_with(&format!("{}.nosuch: invalid value \"1\"", group.0)),
+            "{e:?}"
+        );
     }
 
-    /// One valid value per key, as text a flag would give.
-    fn valid_settings() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+    /// A valid value of `setting`, as text a flag would give.
+    fn valid_text(setting: &Setting) -> BoxedStrategy<String> {
         // Every registered plugin, so the test follows sinks and sources as they are added.
-        fn list<P: Plugin>() -> impl Strategy<Value = String> {
+        fn list<P: Plugin>() -> BoxedStrategy<String> {
             Just(P::all().iter().map(|p| p.name()).collect::<Vec<_>>())
                 .prop_shuffle()
                 .prop_flat_map(|v| (1..=v.len()).prop_map(move |n| v[..n].join(",")))
+                .boxed()
         }
-        (
-            list::<SourcePlugin>(),
-            list::<SinkPlugin>(),
-            any::<u16>(),
-            prop_oneof![Just("127.0.0.1"), Just("::1"), Just("0.0.0.0")],
-            (10u64..=86_400_000).prop_map(|ms| (ms as f64 / 1000.0).to_string()),
-            prop_oneof![Just("seed"), Just("raw")],
-            1u32..=1_000_000,
-            "/[a-z]{1,8}/[a-z.]{1,8}",
-            (1u64..=1024, prop_oneof![Just("K"), Just("M"), Just("G")]),
-            1u32..=1000,
-        )
-            .prop_map(
-                |(src, snk, port, bind, int, fmt, mc, path, (n, unit), files)| {
-                    vec![
-                        ("sources", src),
-                        ("sinks", snk),
-                        ("port", port.to_string()),
-                        ("bind", bind.to_string()),
-                        ("interval", int),
-                        ("format", fmt.to_string()),
-                        ("max-clients", mc.to_string()),
-                        ("file.path", path),
-                        ("file.max-size", format!("{n}{unit}")),
-                        ("file.max-files", files.to_string()),
-                    ]
-                },
-            )
+        match setting.kind {
+            Kind::Port => any::<u16>().prop_map(|p| p.to_string()).boxed(),
+            Kind::Address => prop_oneof![Just("127.0.0.1"), Just("::1"), Just("0.0.0.0")]
+                .prop_map(String::from)
+                .boxed(),
+            Kind::Whole { min, max } => (min..=max).prop_map(|n| n.to_string()).boxed(),
+            Kind::Size { min, max } => (1u64..=1024, prop_oneof![Just(10), Just(20), Just(30)])
+                .prop_filter_map("in range", move |(n, shift)| {
+                    let unit = match shift {
+                        10 => "K",
+                        20 => "M",
+                        _ => "G",
+                    };
+                    ((min..=max).contains(&(n << shift))).then(|| format!("{n}{unit}"))
+                })
+                .boxed(),
+            Kind::Seconds { min, max } => ((min * 1000.0) as u64..=(max * 1000.0) as u64)
+                .prop_map(|ms| (ms as f64 / 1000.0).to_string())
+                .boxed(),
+            Kind::Path | Kind::Directory => "/[a-z]{1,8}/[a-z.]{1,8}".boxed(),
+            Kind::Text => "[a-z]([a-z ]{0,8}[a-z])?".boxed(),
+            Kind::Choice(names) => proptest::sample::select(names)
+                .prop_map(String::from)
+                .boxed(),
+            Kind::Names { what: "source", .. } => list::<SourcePlugin>(),
+            Kind::Names { .. } => list::<SinkPlugin>(),
+        }
+    }
+
+    /// One valid value per setting.
+    fn valid_settings() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+        config::settings()
+            .map(|s| valid_text(s).prop_map(move |text| (s.key, text)))
+            .collect::<Vec<_>>()
     }
 
     proptest! {
@@ -203,23 +229,21 @@ mod tests {
         #[test]
         fn every_valid_configuration_round_trips(
             settings in valid_settings(),
-            as_json in any::<[bool; 10]>(),
+            as_json in proptest::collection::vec(any::<bool>(), 32),
         ) {
             let mut expected = Config::default();
             for (key, value) in &settings {
                 expected.set(key, value, Origin::Flag).unwrap();
             }
             let mut document = json!({});
-            for ((key, value), as_json) in settings.into_iter().zip(as_json) {
-                let stored = match (value.parse::<f64>(), LIST_KEYS.contains(&key)) {
+            for ((key, value), as_json) in settings.into_iter().zip(as_json.into_iter().cycle()) {
+                let is_list = config::setting(key).unwrap().is_list();
+                let stored = match (value.parse::<f64>(), is_list) {
                     (_, true) if as_json => json!(value.split(',').collect::<Vec<_>>()),
                     (Ok(n), false) if as_json => serde_json::from_str(&value).unwrap_or(json!(n)),
                     _ => json!(value),
                 };
-                match key.split_once('.') {
-                    Some((group, child)) => document[group][child] = stored,
-                    None => document[key] = stored,
-                }
+                put(&mut document, key, stored);
             }
             prop_assert_eq!(apply_json(document), Ok(expected));
         }
