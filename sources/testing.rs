@@ -89,7 +89,7 @@ impl Section for ViewPanics {
 
 /// The collector contains panics in a source's collection and its section's encoding, but
 /// not in dropping a section (nothing that real sections do): this one stands for whatever
-/// else could still end the collector thread.
+/// else could still end the ticking task.
 struct DropPanics;
 
 impl Section for DropPanics {
