@@ -4,7 +4,7 @@
 #                                          (and fail instead under CI=true)
 # Snap: make snap (needs snapcraft with LXD or Multipass), then make install-snap.
 # Without snapd: make install PREFIX=/usr/local (the binary and a systemd unit; DESTDIR too).
-.PHONY: run test lint bench soak fuzz snap install uninstall install-snap check-snap
+.PHONY: run test lint bench soak fuzz snap man install uninstall install-snap check-snap
 
 # snap needs root; use sudo only when not root already (CI and containers have no sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -50,13 +50,21 @@ fuzz:
 snap:
 	snapcraft pack
 
-# The binary, the systemd unit (its ExecStart and EnvironmentFile rewritten to these paths)
-# and, unless one is there already, /etc/default/pocketses with the service's flags.
+# The manual page, from the same clap definition as --help and the completions.
+man:
+	cargo run --release --quiet -- man >pocketses.1
+	@echo "wrote pocketses.1 (read it with: man -l pocketses.1)"
+
+# The binary, the systemd unit (its ExecStart and EnvironmentFile rewritten to these paths),
+# the manual page, completions for bash, zsh and fish (all three written by the binary
+# itself) and, unless one is there already, /etc/default/pocketses with the service's flags.
 # BIN=path installs that binary instead of building a release one (the tests do).
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man/man1
 BIN ?=
 install:
 	@set -e; bin="$(BIN)"; \
@@ -67,14 +75,24 @@ install:
 		-e 's|^EnvironmentFile=-/etc/default/pocketses|EnvironmentFile=-$(SYSCONFDIR)/default/pocketses|' \
 		contrib/systemd/pocketses.service >"$(DESTDIR)$(UNITDIR)/pocketses.service"; \
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/pocketses.service"; \
+	install -d "$(DESTDIR)$(MANDIR)" "$(DESTDIR)$(DATADIR)/bash-completion/completions" \
+		"$(DESTDIR)$(DATADIR)/zsh/site-functions" "$(DESTDIR)$(DATADIR)/fish/vendor_completions.d"; \
+	"$$bin" man >"$(DESTDIR)$(MANDIR)/pocketses.1"; \
+	"$$bin" completions bash >"$(DESTDIR)$(DATADIR)/bash-completion/completions/pocketses"; \
+	"$$bin" completions zsh >"$(DESTDIR)$(DATADIR)/zsh/site-functions/_pocketses"; \
+	"$$bin" completions fish >"$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/pocketses.fish"; \
 	if [ ! -e "$(DESTDIR)$(SYSCONFDIR)/default/pocketses" ]; then \
 		install -D -m 0644 contrib/systemd/pocketses.default "$(DESTDIR)$(SYSCONFDIR)/default/pocketses"; \
 	fi; \
-	echo "installed $(DESTDIR)$(BINDIR)/pocketses and $(DESTDIR)$(UNITDIR)/pocketses.service"
+	echo "installed $(DESTDIR)$(BINDIR)/pocketses, $(DESTDIR)$(UNITDIR)/pocketses.service, the manual page and completions"
 
 # Leaves $(SYSCONFDIR)/default/pocketses (your settings) and /var/lib/pocketses (its data).
 uninstall:
-	rm -f "$(DESTDIR)$(BINDIR)/pocketses" "$(DESTDIR)$(UNITDIR)/pocketses.service"
+	rm -f "$(DESTDIR)$(BINDIR)/pocketses" "$(DESTDIR)$(UNITDIR)/pocketses.service" \
+		"$(DESTDIR)$(MANDIR)/pocketses.1" \
+		"$(DESTDIR)$(DATADIR)/bash-completion/completions/pocketses" \
+		"$(DESTDIR)$(DATADIR)/zsh/site-functions/_pocketses" \
+		"$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/pocketses.fish"
 
 # Installs the newest pocketses_*.snap built here, whatever its architecture.
 install-snap:

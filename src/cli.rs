@@ -26,8 +26,18 @@ const RUNTIME_ERROR: u8 = 1;
 // The numeric settings take values that start with '-' (`--interval -inf`), so that the
 // setting's own check names the key, the value and what is allowed, as for any bad value.
 #[derive(Debug, Parser)]
-#[command(name = "pocketses", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
+#[command(
+    name = "pocketses",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    allow_negative_numbers = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    /// Without a command, pocketses runs the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Collect one snapshot, print it to stdout and exit, whatever the sinks
     #[arg(long, conflicts_with_all = ["list", "check"])]
     pub once: bool,
@@ -47,6 +57,42 @@ pub struct Args {
     /// The settings given as flags, as `(key, value)`.
     #[arg(skip)]
     pub settings: Vec<(&'static str, String)>,
+}
+
+/// What pocketses can do besides running the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Draw a live terminal view of a TCP publisher; q or Ctrl-C quits
+    #[cfg(feature = "watch")]
+    Watch {
+        /// The publisher: HOST:PORT, [::1]:8888, or a host for port 8888
+        #[arg(default_value = crate::watch::DEFAULT_ADDR)]
+        addr: String,
+    },
+    /// Print the completion script for a shell (bash, zsh, fish, ...)
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff); `make man` writes it to pocketses.1
+    #[command(hide = true)]
+    Man,
+}
+
+impl Command {
+    /// Runs the command: help, completions and the manual page all come from the one
+    /// definition of the command line, so they never disagree.
+    fn run(self) -> anyhow::Result<()> {
+        let mut command = Args::command_with_settings();
+        let mut out = std::io::stdout().lock();
+        match self {
+            #[cfg(feature = "watch")]
+            Command::Watch { addr } => crate::watch::run(&addr)?,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut command, "pocketses", &mut out)
+            }
+            Command::Man => clap_mangen::Man::new(command).render(&mut out)?,
+        }
+        out.flush()?;
+        Ok(())
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -152,7 +198,18 @@ pub async fn load_config(args: &Args) -> Result<Loaded, Vec<ConfigError>> {
 }
 
 pub fn main() -> ExitCode {
-    let args = Args::from_env();
+    let mut args = Args::from_env();
+    if let Some(command) = args.command.take() {
+        return match command.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            // `pocketses man | head`: the reader had what it wanted.
+            Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pocketses: {e:#}");
+                ExitCode::from(RUNTIME_ERROR)
+            }
+        };
+    }
     crate::logging::init();
     if args.list {
         print!("{}", plugin_list());
@@ -223,6 +280,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(RUNTIME_ERROR)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    (e.chain())
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// `--list`: the registered plugins with a line of description each, and under each its

@@ -43,6 +43,15 @@ fn make_install_honours_prefix_and_destdir() {
     make_install(&["PREFIX=/usr/local".into(), format!("DESTDIR={root}")]);
     let at = |path: &str| scratch.dir().join(path);
     assert!(at("usr/local/bin/pocketses").is_file());
+    for installed in [
+        "usr/local/share/man/man1/pocketses.1",
+        "usr/local/share/bash-completion/completions/pocketses",
+        "usr/local/share/zsh/site-functions/_pocketses",
+        "usr/local/share/fish/vendor_completions.d/pocketses.fish",
+    ] {
+        let len = std::fs::metadata(at(installed)).map_or(0, |m| m.len());
+        assert!(len > 0, "{installed} not installed");
+    }
     assert_eq!(
         std::fs::read_to_string(at("etc/default/pocketses")).unwrap(),
         DEFAULTS
@@ -75,7 +84,11 @@ fn installed_unit_verifies_and_scores() {
     assert!(unit_text.contains(&format!("ExecStart={prefix}/bin/pocketses ")));
     assert!(unit_text.contains(&format!("EnvironmentFile=-{prefix}/etc/default/pocketses")));
 
-    let verify = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    // verify also asks man for the page the unit's Documentation= names: the installed one.
+    let verify = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .env("MANPATH", scratch.path("share/man")));
     assert!(
         verify.status.success(),
         "systemd-analyze verify: {verify:?}"
@@ -136,4 +149,82 @@ fn service_flags_are_valid() {
         "pocketses {args} --check: {output:?}"
     );
     assert!(Path::new(&state).is_dir());
+}
+
+/// What `pocketses SUBCOMMAND ARGS` prints, which must succeed.
+fn printed(args: &[&str]) -> String {
+    let output = run(pocketses().args(args));
+    assert!(output.status.success(), "pocketses {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn shell(shell: &str, args: &[&str]) -> std::process::Output {
+    run(Command::new(shell).args(args))
+}
+
+#[test]
+fn completions_load_in_their_shells_and_complete_the_settings() {
+    let scratch = Scratch::new();
+    for (name, load_and_ask) in [
+        // bash: the script defines the completion function and registers it.
+        ("bash", "source \"$0\" && complete -p pocketses"),
+        // zsh: loaded after compinit, the function is registered for pocketses.
+        (
+            "zsh",
+            "autoload -U compinit && compinit -u -D && source \"$0\" && print ${_comps[pocketses]}",
+        ),
+        // fish: completing `pocketses --int` offers --interval.
+        ("fish", "source $argv[1]; complete -C 'pocketses --int'"),
+    ] {
+        if tool_missing(name) {
+            continue;
+        }
+        let script = scratch.path(name);
+        std::fs::write(&script, printed(&["completions", name])).unwrap();
+        let script = script.to_str().unwrap();
+        let syntax = match name {
+            "fish" => shell(name, &["--no-execute", script]),
+            _ => shell(name, &["-n", script]),
+        };
+        assert!(syntax.status.success(), "{name} -n: {syntax:?}");
+        let loaded = shell(name, &["-c", load_and_ask, script]);
+        let answer = String::from_utf8_lossy(&loaded.stdout);
+        assert!(loaded.status.success(), "{name}: {loaded:?}");
+        let expected = match name {
+            "bash" => "pocketses",
+            "zsh" => "_pocketses",
+            _ => "--interval",
+        };
+        assert!(answer.contains(expected), "{name} answered {answer:?}");
+    }
+}
+
+#[test]
+fn the_manual_page_renders_every_setting_and_command() {
+    if tool_missing("man") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let page = scratch.path("pocketses.1");
+    std::fs::write(&page, printed(&["man"])).unwrap();
+    let rendered = run(Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100"));
+    assert!(rendered.status.success(), "man -l: {rendered:?}");
+    // man may hyphenate or use special dashes; compare letters only.
+    let text: String = String::from_utf8_lossy(&rendered.stdout)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    for word in [
+        "interval",
+        "filemaxsize",
+        "hostroot",
+        "watch",
+        "completions",
+    ] {
+        assert!(text.contains(word), "the manual page lacks {word}");
+    }
 }

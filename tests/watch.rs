@@ -292,19 +292,9 @@ fn subscription_reads_only_and_reconnects() {
     assert_eq!(publisher.read(&mut buf).unwrap(), 0, "closed on drop");
 }
 
-/// `pocketses watch ADDR` until the subcommand exists: the example binary that calls the
-/// same `watch::run`. `cargo test --test watch` does not build examples, and a stale one
-/// would test old code: build it (a no-op after a whole `cargo test`).
+/// `pocketses watch ADDR`, as a shell command for tmux.
 fn watch_command(addr: &str) -> String {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "watch"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building examples/watch.rs");
-    let deps = std::env::current_exe().unwrap();
-    let target = deps.parent().unwrap().parent().unwrap();
-    format!("{} {addr}", target.join("examples/watch").display())
+    format!("{} watch {addr}", env!("CARGO_BIN_EXE_pocketses"))
 }
 
 /// A tmux server of our own, with one session running `command`; killed on drop.

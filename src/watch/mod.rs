@@ -18,6 +18,9 @@ use ratatui::DefaultTerminal;
 use client::{Client, Event};
 use model::Model;
 
+/// The publisher `pocketses watch` subscribes to when given none: the default agent's.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8888";
+
 /// How often the view looks for news from the publisher between keys.
 const TICK: Duration = Duration::from_millis(100);
 
