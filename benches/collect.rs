@@ -48,9 +48,14 @@ fn floor() -> Duration {
 }
 
 fn collection(sources: &[&'static str], format: Format) -> Duration {
-    let mut c = Collection::new(sources, format, &HostFs::default()).unwrap();
+    let interval = Duration::from_secs(1);
+    let mut c = Collection::new(sources, format, interval, &HostFs::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     per_call(|| {
-        std::hint::black_box(c.collect());
+        std::hint::black_box(runtime.block_on(c.collect()));
     })
 }
 

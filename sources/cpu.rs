@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
@@ -288,8 +289,9 @@ impl Cpu {
     }
 }
 
+#[async_trait]
 impl Source for Cpu {
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         let now = self.sample()?;
         let per_cpu = utilization(&self.previous, &now);
         let ids: Vec<u32> = now.per_cpu.iter().map(|(id, _)| *id).collect();
@@ -727,7 +729,12 @@ mod tests {
         copy(before);
         let mut cpu = Cpu::new(HostFs::new(&root));
         copy(after);
-        let raw = serde_json::to_value(cpu.collect().unwrap().view(Format::Raw)).unwrap();
+        let raw = serde_json::to_value(
+            crate::plugin::collect_now(&mut cpu)
+                .unwrap()
+                .view(Format::Raw),
+        )
+        .unwrap();
         std::fs::remove_dir_all(&root).unwrap();
         raw
     }

@@ -1,5 +1,6 @@
 //! `memory` (alias `mem`): virtual memory and swap from `/proc/meminfo`.
 
+use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{ser_bytes, ser_percent};
@@ -82,8 +83,9 @@ struct Memory {
     buf: String,
 }
 
+#[async_trait]
 impl Source for Memory {
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         self.host.read_into("/proc/meminfo", &mut self.buf)?;
         let info = parse_meminfo(&self.buf)
             .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemTotal line"))?;

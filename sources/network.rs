@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::libc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
@@ -210,8 +211,9 @@ impl Network {
     }
 }
 
+#[async_trait]
 impl Source for Network {
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         self.host.read_into("/proc/net/dev", &mut self.buf)?;
         let now = Instant::now();
         let counters = parse_net_dev(&self.buf);
@@ -568,7 +570,12 @@ mod tests {
             .iter()
             .map(|text| {
                 std::fs::write(root.join("proc/net/dev"), text).unwrap();
-                serde_json::to_value(source.collect().unwrap().view(Format::Raw)).unwrap()
+                serde_json::to_value(
+                    crate::plugin::collect_now(&mut source)
+                        .unwrap()
+                        .view(Format::Raw),
+                )
+                .unwrap()
             })
             .collect();
         std::fs::remove_dir_all(&root).unwrap();

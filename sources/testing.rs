@@ -1,6 +1,8 @@
 //! Test-only sources (feature `test-plugins`, which only `cargo test` turns on): sections
-//! that panic where a real source's must not, so the integration tests can check what the
-//! running agent does then.
+//! that panic where a real source's must not, and a source that blocks, so the integration
+//! tests can check what the running agent does then.
+
+use async_trait::async_trait;
 
 use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
@@ -28,11 +30,51 @@ inventory::submit! {
     }
 }
 
+inventory::submit! {
+    SourcePlugin {
+        name: "test-slow",
+        aliases: &[],
+        description: "test only: every second call blocks for 500 ms; sections count the calls",
+        on_by_default: None,
+        settings: Declared::NONE,
+        build: |_| Ok(Box::new(Slow { calls: 0 })),
+    }
+}
+
+/// A source that blocks every second call, the way a hung filesystem would, to show the
+/// deadline at work: its section is the number of calls made so far, so a consumer can see
+/// that a call still out is never repeated.
+struct Slow {
+    calls: u32,
+}
+
+#[async_trait]
+impl Source for Slow {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            // Blocking work goes to a blocking thread, as the Source docs ask.
+            let blocked = || std::thread::sleep(std::time::Duration::from_millis(500));
+            tokio::task::spawn_blocking(blocked).await?;
+        }
+        Ok(Box::new(Calls(self.calls)))
+    }
+}
+
+struct Calls(u32);
+
+impl Section for Calls {
+    fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        Box::new(self.0)
+    }
+}
+
 /// A source whose every collection is a new section from its function.
 struct Sections(fn() -> Box<dyn Section>);
 
+#[async_trait]
 impl Source for Sections {
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
         Ok((self.0)())
     }
 }
@@ -47,7 +89,7 @@ impl Section for ViewPanics {
 
 /// The collector contains panics in a source's collection and its section's encoding, but
 /// not in dropping a section (nothing that real sections do): this one stands for whatever
-/// else could still end the collector thread.
+/// else could still end the ticking task.
 struct DropPanics;
 
 impl Section for DropPanics {

@@ -269,7 +269,7 @@ pub fn main() -> ExitCode {
         if let Some(sinks) = args.setting("sinks") {
             warn!("--once prints to stdout only; --sinks {sinks} is ignored");
         }
-        once(&config)
+        once(runtime, &config)
     } else {
         serve(runtime, args, config)
     };
@@ -310,10 +310,16 @@ pub fn plugin_list() -> String {
 }
 
 /// `--once`: one snapshot, CPU utilization measured over the warm-up.
-fn once(config: &Config) -> anyhow::Result<()> {
-    let mut collection = Collection::new(&config.sources, config.format, &HostFs::default())?;
-    std::thread::sleep(warm_up(config.interval));
-    let frame = collection.collect();
+fn once(runtime: Runtime, config: &Config) -> anyhow::Result<()> {
+    let host = HostFs::new(&config.host_root);
+    let frame = runtime.block_on(async {
+        let mut collection =
+            Collection::new(&config.sources, config.format, config.interval, &host)?;
+        tokio::time::sleep(warm_up(config.interval)).await;
+        anyhow::Ok(collection.collect().await)
+    })?;
+    // A source that missed the deadline may still be out on a blocking thread.
+    runtime.shutdown_background();
     let mut out = std::io::stdout().lock();
     out.write_all(&frame.json)?;
     out.write_all(b"\n")?;

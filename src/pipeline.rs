@@ -1,33 +1,43 @@
-//! The running pipeline: sinks started and ready first, then a collector thread that ticks
-//! on a fixed schedule, builds one snapshot, encodes it once and broadcasts the bytes.
+//! The running pipeline: sinks started and ready first, then one task that ticks on a fixed
+//! schedule, collects every source concurrently under the tick's deadline, encodes the
+//! snapshot once and broadcasts the bytes.
 //!
-//! Collection runs on its own OS thread, so reading `/proc` never blocks the async runtime
-//! that serves sinks and subscribers. Each sink runs in its own task behind a bounded
+//! Everything runs on the async runtime: a tick is one timer wakeup, with no thread to hand
+//! over to. Each source's call owns the source and hands it back with its section. A call
+//! that answers when first polled (the inline `/proc` reads) is done at once; one that waits
+//! goes on as a task of its own, concurrently with the others. A call that misses the
+//! deadline ([`collection_deadline`]) leaves that source out of the snapshot while the others
+//! are published on time, and the source is not called again until that call has returned,
+//! so a stuck source costs one task (or one blocking thread), never a pile of them. Each sink runs in its own task behind a bounded
 //! broadcast queue: a sink that falls behind loses its own oldest snapshots and delays no one.
 //!
 //! A panic in a source's collection or in its section's encoding leaves that section out of
-//! the snapshot; anything else that ends the collector thread ends the pipeline with an error
+//! the snapshot; anything else that ends the ticking task ends the pipeline with an error
 //! ([`Pipeline::ended`]), as does the last sink finishing for good.
 //!
 //! The pipeline records what really runs: the configuration each sink runs with and what the
 //! collector collects. A reload that could not apply everything leaves the rest on its old
 //! settings, and the next reload tries again wherever they differ from the wanted ones.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::panic::{self, catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Once};
-use std::thread;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
-use tokio::sync::{broadcast, oneshot};
+use anyhow::Context as _;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::encode::{Encoder, Format, Frame};
 use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
+use crate::model::Section;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
 use crate::schedule::Ticker;
 use crate::settings::{Declared, PluginConfig};
@@ -36,76 +46,143 @@ use crate::settings::{Declared, PluginConfig};
 const SINK_QUEUE: usize = 16;
 /// How long CPU utilization is measured for the first snapshot (shorter if the interval is).
 const WARM_UP: Duration = Duration::from_millis(200);
-/// How long shutdown waits for the collector to stop and sinks to flush and close.
+/// How long shutdown waits for sinks to flush and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(800);
-/// The collector thread's name, which the panic hook recognises it by.
-const COLLECTOR: &str = "collector";
+/// The longest any tick waits for its sources.
+const MAX_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The delay before the first snapshot of a run with this interval.
 pub fn warm_up(interval: Duration) -> Duration {
     interval.min(WARM_UP)
 }
 
+/// How long a tick waits for its sources: half the interval, at most a second. Half, not
+/// all of it: a tick that waited the whole interval would publish at the next tick's time,
+/// which the schedule would then skip as late; the other half is for encoding and sending.
+/// A second at most, so a stuck source delays a snapshot of a slow schedule by no more than
+/// that and the others are still published close to their timestamp.
+pub fn collection_deadline(interval: Duration) -> Duration {
+    (interval / 2).min(MAX_DEADLINE)
+}
+
 /// The configured sources, collected together into one snapshot per call.
 pub struct Collection {
-    sources: Vec<NamedSource>,
+    slots: Vec<Slot>,
     format: Format,
+    deadline: Duration,
     encoder: Encoder,
     seq: u64,
 }
 
-struct NamedSource {
+/// One configured source and where it is: ready, or out on a call.
+struct Slot {
     name: &'static str,
-    source: Box<dyn Source>,
+    build: BuildSource,
+    host: HostFs,
+    state: SlotState,
     failures: RateLimit,
+    /// Ticks this source was left out of because an earlier call had not returned.
+    skipped: u64,
+}
+
+enum SlotState {
+    Ready(Box<dyn Source>),
+    /// A call that missed its tick's deadline, still out.
+    Collecting(JoinHandle<Collected>),
+    /// The call's task ended without handing the source back (or a call is under way in
+    /// this tick); built again before next use.
+    Lost,
+}
+
+type BuildSource = fn(&SourceContext) -> anyhow::Result<Box<dyn Source>>;
+
+/// A call's section, or why there is none (`Err`: it panicked).
+type CallResult = Result<anyhow::Result<Box<dyn Section>>, String>;
+
+/// What a call hands back: the source, and its result.
+type Collected = (Box<dyn Source>, CallResult);
+
+/// How this tick's call of a source began.
+enum Call {
+    /// It answered when first polled: no task was needed.
+    Answered(CallResult),
+    /// It is out on a task of its own, waited for until the tick's deadline.
+    Out(JoinHandle<Collected>),
+    /// It was not called, for this reason.
+    NotCalled(String),
+}
+
+/// Why a source is missing from a snapshot, or its section.
+enum Outcome {
+    Section(Box<dyn Section>),
+    LeftOut(String),
 }
 
 impl Collection {
-    /// Builds `names` (canonical source names) reading the host from `host`.
-    pub fn new(names: &[&'static str], format: Format, host: &HostFs) -> anyhow::Result<Self> {
+    /// Builds `names` (canonical source names) reading the host from `host`; each tick
+    /// waits [`collection_deadline`] of `interval` for them.
+    pub fn new(
+        names: &[&'static str],
+        format: Format,
+        interval: Duration,
+        host: &HostFs,
+    ) -> anyhow::Result<Self> {
         Ok(Collection {
-            sources: NamedSource::build_all(names, host)?,
+            slots: Slot::build_all(names, host)?,
             format,
+            deadline: collection_deadline(interval),
             encoder: Encoder::default(),
             seq: 0,
         })
     }
 
-    /// Switches to `names` and `format`, keeping the state (baselines, totals) of sources
-    /// that stay and taking the others from `fresh`.
-    fn switch(&mut self, names: &[&'static str], mut fresh: Vec<NamedSource>, format: Format) {
-        let mut old = std::mem::take(&mut self.sources);
-        let take = |list: &mut Vec<NamedSource>, name: &str| {
+    /// Switches to `names`, `format` and `interval`, taking the sources in `fresh` from
+    /// there and keeping the state (baselines, totals, a call still out) of the others.
+    fn switch(&mut self, apply: Apply) {
+        let Apply {
+            sources: names,
+            mut fresh,
+            format,
+            interval,
+        } = apply;
+        let mut old = std::mem::take(&mut self.slots);
+        let take = |list: &mut Vec<Slot>, name: &str| {
             let i = list.iter().position(|s| s.name == name)?;
             Some(list.remove(i))
         };
-        for &name in names {
-            if let Some(source) = take(&mut old, name).or_else(|| take(&mut fresh, name)) {
-                self.sources.push(source);
+        for &name in &names {
+            if let Some(slot) = take(&mut fresh, name).or_else(|| take(&mut old, name)) {
+                self.slots.push(slot);
             }
         }
         self.format = format;
+        self.deadline = collection_deadline(interval);
     }
 
-    /// Collects every source at one shared timestamp and encodes the snapshot. A source whose
-    /// collection fails or panics, or whose section panics or fails while encoding, is left
-    /// out of this snapshot and logged at a limited rate.
-    pub fn collect(&mut self) -> Frame {
+    /// Collects every source concurrently at one shared timestamp and encodes the snapshot
+    /// once the last has answered or the deadline has passed. A source whose call fails,
+    /// panics or misses the deadline, whose earlier call is still out, or whose section
+    /// panics or fails while encoding, is left out of this snapshot and logged at a limited
+    /// rate.
+    pub async fn collect(&mut self) -> Frame {
         let timestamp = SystemTime::now();
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let calls: Vec<Call> = self.slots.iter_mut().map(Slot::start).collect();
         let mut json = self.encoder.begin(timestamp, self.format);
-        for s in &mut self.sources {
-            let left_out = match contain(|| s.source.collect()) {
-                Ok(Ok(section)) => match contain(|| json.section(s.name, section.as_ref())) {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => format!("encoding failed: {e}"),
-                    Err(panic) => format!("encoding panicked: {panic}"),
-                },
-                Ok(Err(e)) => format!("collection failed: {e:#}"),
-                Err(panic) => format!("collection panicked: {panic}"),
+        for (slot, call) in self.slots.iter_mut().zip(calls) {
+            let left_out = match slot.finish(call, deadline).await {
+                Outcome::Section(section) => {
+                    match contain(|| json.section(slot.name, section.as_ref())) {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => format!("encoding failed: {e}"),
+                        Err(panic) => format!("encoding panicked: {panic}"),
+                    }
+                }
+                Outcome::LeftOut(why) => why,
             };
-            if let Some(held_back) = s.failures.allow(Instant::now()) {
+            if let Some(held_back) = slot.failures.allow(Instant::now()) {
                 warn!(
-                    source = s.name,
+                    source = slot.name,
                     held_back, "left out of the snapshot: {left_out}"
                 );
             }
@@ -120,32 +197,167 @@ impl Collection {
     }
 }
 
+impl Slot {
+    fn build_all(names: &[&'static str], host: &HostFs) -> anyhow::Result<Vec<Slot>> {
+        names
+            .iter()
+            .map(|&name| {
+                let plugin = plugin::find::<SourcePlugin>(name)
+                    .with_context(|| format!("no source is registered as {name:?}"))?;
+                Slot::new(name, plugin.build, host).with_context(|| format!("source {name}"))
+            })
+            .collect()
+    }
+
+    fn new(name: &'static str, build: BuildSource, host: &HostFs) -> anyhow::Result<Slot> {
+        let source = build(&SourceContext { host: host.clone() })?;
+        Ok(Slot {
+            name,
+            build,
+            host: host.clone(),
+            state: SlotState::Ready(source),
+            failures: RateLimit::default(),
+            skipped: 0,
+        })
+    }
+
+    /// Starts this tick's call unless an earlier one is still out. A call that returned since
+    /// the last tick hands its source back first (its late section is dropped), so the
+    /// source is called again at once.
+    fn start(&mut self) -> Call {
+        if let SlotState::Collecting(task) = &mut self.state {
+            // Not awaited, only looked at: the task is waited for, with a real waker, only
+            // in the tick that started it.
+            let Poll::Ready(done) = Pin::new(task).poll(&mut Context::from_waker(Waker::noop()))
+            else {
+                self.skipped += 1;
+                return Call::NotCalled(format!(
+                    "an earlier call has not returned yet ({} ticks skipped so far)",
+                    self.skipped
+                ));
+            };
+            self.state = match done {
+                Ok((source, _late)) => SlotState::Ready(source),
+                Err(_) => SlotState::Lost,
+            };
+        }
+        let source = match std::mem::replace(&mut self.state, SlotState::Lost) {
+            SlotState::Ready(source) => source,
+            SlotState::Lost => match (self.build)(&SourceContext {
+                host: self.host.clone(),
+            }) {
+                Ok(source) => source,
+                Err(e) => return Call::NotCalled(format!("it could not be built again: {e:#}")),
+            },
+            SlotState::Collecting(_) => unreachable!("handled above"),
+        };
+        let mut call: Pin<Box<dyn Future<Output = Collected> + Send>> = Box::pin(async move {
+            let mut source = source;
+            let result = Contained(source.collect()).await;
+            (source, result)
+        });
+        // Polled once here: a source that does not wait (the inline /proc reads) answers at
+        // once and costs no task. The waker is a no-op because a call still pending moves to
+        // a task of its own, whose polls bring their own waker.
+        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready((source, result)) => {
+                self.state = SlotState::Ready(source);
+                Call::Answered(result)
+            }
+            Poll::Pending => Call::Out(tokio::spawn(call)),
+        }
+    }
+
+    /// This tick's answer, waiting for a call out on a task until `deadline`.
+    async fn finish(&mut self, call: Call, deadline: tokio::time::Instant) -> Outcome {
+        let result = match call {
+            Call::Answered(result) => result,
+            Call::NotCalled(why) => return Outcome::LeftOut(why),
+            Call::Out(mut task) => match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok((source, result))) => {
+                    self.state = SlotState::Ready(source);
+                    result
+                }
+                Ok(Err(e)) => {
+                    return Outcome::LeftOut(format!(
+                        "its task ended ({}); it is built again",
+                        task_end(e)
+                    ))
+                }
+                Err(_) => {
+                    self.state = SlotState::Collecting(task);
+                    return Outcome::LeftOut(
+                        "no answer by the tick's deadline; not called again until it answers"
+                            .into(),
+                    );
+                }
+            },
+        };
+        match result {
+            Ok(Ok(section)) => Outcome::Section(section),
+            Ok(Err(e)) => Outcome::LeftOut(format!("collection failed: {e:#}")),
+            Err(panic) => Outcome::LeftOut(format!("collection panicked: {panic}")),
+        }
+    }
+}
+
+/// What ended a task that did not return.
+fn task_end(e: JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+        Err(e) => e.to_string(),
+    }
+}
+
 thread_local! {
-    /// The last panic on this thread, as the panic hook saw it (message and location).
+    /// Whether the code running on this thread now is contained (see [`contain`]).
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+    /// The last contained panic on this thread, as the panic hook saw it (message and
+    /// location).
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Runs `f`, turning a panic into an error that says what panicked and where.
 ///
-/// On the collector thread the panic hook stays quiet and only records the panic, so the
-/// caller's rate-limited warning is all the log shows: a plugin that panics every tick would
+/// While `f` runs the panic hook stays quiet and only records the panic, so the caller's
+/// rate-limited warning is all the log shows: a plugin that panics every tick would
 /// otherwise print a panic message 100 times a second.
 fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+    quiet_contained_panics();
+    let was = CONTAINED.replace(true);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CONTAINED.set(was);
+    result.map_err(|payload| {
         LAST_PANIC
             .with(|last| last.borrow_mut().take())
             .unwrap_or_else(|| panic_message(payload.as_ref()).to_string())
     })
 }
 
-/// Installs, once, the panic hook described at [`contain`]; other threads' panics go to the
-/// hook that was there before.
-fn quiet_collector_panics() {
+/// A future each of whose polls is [`contain`]ed: a source that panics hands back an error,
+/// and the source itself with it, so it keeps its state for the next call.
+struct Contained<F>(F);
+
+impl<F: Future + Unpin> Future for Contained<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match contain(|| Pin::new(&mut self.0).poll(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// Installs, once, the panic hook described at [`contain`]; panics elsewhere go to the hook
+/// that was there before.
+fn quiet_contained_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if thread::current().name() != Some(COLLECTOR) {
+            if !CONTAINED.get() {
                 return previous(info);
             }
             let message = panic_message(info.payload());
@@ -164,31 +376,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-impl NamedSource {
-    fn build_all(names: &[&'static str], host: &HostFs) -> anyhow::Result<Vec<NamedSource>> {
-        let ctx = SourceContext { host: host.clone() };
-        names
-            .iter()
-            .map(|&name| {
-                let plugin = plugin::find::<SourcePlugin>(name)
-                    .with_context(|| format!("no source is registered as {name:?}"))?;
-                let source = (plugin.build)(&ctx).with_context(|| format!("source {name}"))?;
-                Ok(NamedSource {
-                    name,
-                    source,
-                    failures: RateLimit::default(),
-                })
-            })
-            .collect()
-    }
-}
-
 /// What the collector runs: the settings of a configuration that concern collection.
 #[derive(Clone, Debug, PartialEq)]
 struct Collecting {
     sources: Vec<&'static str>,
     format: Format,
     interval: Duration,
+    host_root: PathBuf,
 }
 
 impl Collecting {
@@ -197,51 +391,42 @@ impl Collecting {
             sources: config.sources.clone(),
             format: config.format,
             interval: config.interval,
+            host_root: config.host_root.clone(),
         }
     }
 }
 
-/// What the collector thread can be told.
-enum Control {
-    Stop,
-    Apply {
-        sources: Vec<&'static str>,
-        fresh: Vec<NamedSource>,
-        format: Format,
-        interval: Duration,
-    },
+/// A reload's change to the collection, sent to the ticking task.
+struct Apply {
+    sources: Vec<&'static str>,
+    fresh: Vec<Slot>,
+    format: Format,
+    interval: Duration,
 }
 
-/// The collector thread: waits for each deadline (or a control message), collects and
-/// broadcasts.
-fn run_collector(
+/// The ticking task: waits for each deadline (or a change), collects and broadcasts. It
+/// returns once the pipeline drops its end of `changes`.
+async fn run_collector(
     mut collection: Collection,
     mut ticker: Ticker,
     frames: broadcast::Sender<Frame>,
-    control: mpsc::Receiver<Control>,
+    mut changes: mpsc::UnboundedReceiver<Apply>,
 ) {
     let mut late = RateLimit::default();
     loop {
-        let wait = ticker.deadline().saturating_duration_since(Instant::now());
-        match control.recv_timeout(wait) {
-            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Control::Apply {
-                sources,
-                fresh,
-                format,
-                interval,
-            }) => {
-                collection.switch(&sources, fresh, format);
+        tokio::select! {
+            biased;
+            change = changes.recv() => {
+                let Some(apply) = change else { return };
+                let interval = apply.interval;
+                collection.switch(apply);
                 ticker.set_interval(interval, Instant::now());
                 continue;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if Instant::now() < ticker.deadline() {
-            continue;
+            () = tokio::time::sleep_until(ticker.deadline().into()) => {}
         }
         // No receivers is fine: a sink may be restarting during a reload.
-        let _ = frames.send(collection.collect());
+        let _ = frames.send(collection.collect().await);
         let skipped = ticker.advance(Instant::now());
         if skipped > 0 {
             if let Some(held_back) = late.allow(Instant::now()) {
@@ -255,9 +440,6 @@ fn run_collector(
         }
     }
 }
-
-/// How the collector thread ended: `Err` with the panic that ended it.
-type CollectorExit = oneshot::Receiver<Result<(), String>>;
 
 /// A sink running in its own task, with the settings it really runs with.
 struct RunningSink {
@@ -380,9 +562,10 @@ pub struct Pipeline {
     /// Ids of sinks that finished for good, from their tasks.
     finished: tokio::sync::mpsc::UnboundedReceiver<u64>,
     collecting: Collecting,
-    collector: mpsc::Sender<Control>,
-    /// `None` once the collector thread's end has been seen.
-    collector_exit: Option<CollectorExit>,
+    /// Changes for the ticking task; dropping it stops that task.
+    collector: mpsc::UnboundedSender<Apply>,
+    /// The ticking task; `None` once its end has been seen.
+    collector_task: Option<JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -400,27 +583,19 @@ impl Pipeline {
         for &name in &config.sinks {
             sinks.push(starter.start(name, &config).await?);
         }
-        let collection = Collection::new(&config.sources, config.format, &HostFs::default())?;
+        let host = HostFs::new(&config.host_root);
+        let collection = Collection::new(&config.sources, config.format, config.interval, &host)?;
         let ticker = Ticker::new(Instant::now() + warm_up(config.interval), config.interval);
-        let (collector, control) = mpsc::channel();
-        let (exit, collector_exit) = oneshot::channel();
+        let (collector, changes) = mpsc::unbounded_channel();
         let frames = starter.frames.clone();
-        quiet_collector_panics();
-        thread::Builder::new()
-            .name(COLLECTOR.into())
-            .spawn(move || {
-                let _ = exit.send(contain(|| {
-                    run_collector(collection, ticker, frames, control)
-                }));
-            })
-            .context("starting the collector thread")?;
+        let collector_task = tokio::spawn(run_collector(collection, ticker, frames, changes));
         Ok(Pipeline {
             starter,
             sinks,
             finished,
             collecting: Collecting::of(&config),
             collector,
-            collector_exit: Some(collector_exit),
+            collector_task: Some(collector_task),
         })
     }
 
@@ -488,13 +663,17 @@ impl Pipeline {
 
         let wanted = Collecting::of(&config);
         if wanted != self.collecting {
+            // A new host root makes every source new: the state of the others is another
+            // tree's.
+            let new_root = wanted.host_root != self.collecting.host_root;
             let added: Vec<_> = (wanted.sources.iter())
-                .filter(|name| !self.collecting.sources.contains(name))
+                .filter(|name| new_root || !self.collecting.sources.contains(name))
                 .copied()
                 .collect();
-            match NamedSource::build_all(&added, &HostFs::default()) {
+            let host = HostFs::new(&wanted.host_root);
+            match Slot::build_all(&added, &host) {
                 Ok(fresh) => {
-                    let _ = self.collector.send(Control::Apply {
+                    let _ = self.collector.send(Apply {
                         sources: wanted.sources.clone(),
                         fresh,
                         format: wanted.format,
@@ -514,14 +693,14 @@ impl Pipeline {
     }
 
     /// Resolves when the pipeline cannot go on: `Ok` once every sink has finished for good
-    /// (stdout's reader has gone, say), an error if the collector thread has died. Each
+    /// (stdout's reader has gone, say), an error if the ticking task has died. Each
     /// finished sink is removed meanwhile, so a reload starts it again.
     pub async fn ended(&mut self) -> anyhow::Result<()> {
         loop {
             tokio::select! {
-                exit = collector_ended(&mut self.collector_exit) => {
-                    let why = exit.err().unwrap_or_else(|| "it stopped unasked".into());
-                    anyhow::bail!("the collector thread died, no more snapshots: {why}");
+                exit = collector_ended(&mut self.collector_task) => {
+                    let why = exit.err().map_or_else(|| "it stopped unasked".into(), task_end);
+                    anyhow::bail!("the collector task died, no more snapshots: {why}");
                 }
                 Some(id) = self.finished.recv() => {
                     self.sinks.retain(|s| s.id != id);
@@ -535,14 +714,12 @@ impl Pipeline {
     }
 
     /// Stops collecting, lets every sink flush and close, and returns within about a second:
-    /// a collector or sink still busy then is abandoned.
+    /// a sink still busy then is abandoned.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-        let _ = self.collector.send(Control::Stop);
-        if let Some(exit) = self.collector_exit {
-            if tokio::time::timeout_at(deadline, exit).await.is_err() {
-                warn!("the collector did not stop in time; abandoned");
-            }
+        if let Some(task) = self.collector_task {
+            // Cancels at its next await: a tick in progress is dropped, calls out stay out.
+            task.abort();
         }
         drop(self.starter);
         for sink in self.sinks {
@@ -551,28 +728,30 @@ impl Pipeline {
     }
 }
 
-/// How the collector thread ended, once it has; never if that has already been seen.
-async fn collector_ended(exit: &mut Option<CollectorExit>) -> Result<(), String> {
-    let Some(receiver) = exit else {
+/// How the ticking task ended, once it has; never if that has already been seen.
+async fn collector_ended(task: &mut Option<JoinHandle<()>>) -> Result<(), JoinError> {
+    let Some(handle) = task else {
         return std::future::pending().await;
     };
-    let ended = receiver
-        .await
-        .unwrap_or_else(|_| Err("it ended without a word".into()));
-    *exit = None;
+    let ended = handle.await;
+    *task = None;
     ended
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
     use super::*;
-    use crate::model::Section;
 
     /// Fails every other call, panicking on the first, so both kinds of failure are seen.
     struct Flaky(u32);
 
+    #[async_trait]
     impl Source for Flaky {
-        fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
             self.0 += 1;
             match self.0 % 3 {
                 1 => panic!("boom"),
@@ -590,20 +769,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failing_source_is_left_out_and_the_others_still_publish() {
-        let mut collection = Collection::new(&["memory"], Format::Raw, &HostFs::default()).unwrap();
-        collection.sources.insert(
-            0,
-            NamedSource {
-                name: "flaky",
-                source: Box::new(Flaky(0)),
-                failures: RateLimit::default(),
-            },
-        );
-        let frames: Vec<serde_json::Value> = (0..3)
-            .map(|_| serde_json::from_slice(&collection.collect().json).unwrap())
-            .collect();
+    /// A collection of `names` (reading `/`) at `interval`, with `first` in front of them.
+    fn collection(names: &[&'static str], interval: f64, first: Slot) -> Collection {
+        let interval = Duration::from_secs_f64(interval);
+        let mut c = Collection::new(names, Format::Raw, interval, &HostFs::default()).unwrap();
+        c.slots.insert(0, first);
+        c
+    }
+
+    fn keys(frame: &Frame) -> Vec<String> {
+        let json: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
+        json.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_is_left_out_and_the_others_still_publish() {
+        let flaky = Slot::new("flaky", |_| Ok(Box::new(Flaky(0))), &HostFs::default()).unwrap();
+        let mut collection = collection(&["memory"], 60.0, flaky);
+        let mut frames = Vec::new();
+        for _ in 0..3 {
+            let frame = collection.collect().await;
+            frames.push(serde_json::from_slice::<serde_json::Value>(&frame.json).unwrap());
+        }
         // Panic, error, success: memory is there every time, flaky only when it worked.
         assert!(frames
             .iter()
@@ -615,6 +802,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [false, false, true]
         );
+        // The panic did not cost the source its state.
         assert_eq!(frames[2]["flaky"], 3);
         assert_eq!(collection.seq, 3);
     }
@@ -622,8 +810,9 @@ mod tests {
     /// A source whose sections panic when encoded.
     struct ViewPanics;
 
+    #[async_trait]
     impl Source for ViewPanics {
-        fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
             Ok(Box::new(ViewPanics))
         }
     }
@@ -634,47 +823,76 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_section_that_panics_while_encoding_is_left_out() {
-        let mut collection =
-            Collection::new(&["memory"], Format::Seed, &HostFs::default()).unwrap();
-        collection.sources.insert(
-            0,
-            NamedSource {
-                name: "panics",
-                source: Box::new(ViewPanics),
-                failures: RateLimit::default(),
-            },
-        );
+    #[tokio::test]
+    async fn a_section_that_panics_while_encoding_is_left_out() {
+        let panics = Slot::new("panics", |_| Ok(Box::new(ViewPanics)), &HostFs::default());
+        let mut collection = collection(&["memory"], 60.0, panics.unwrap());
         for seq in 0..2 {
-            let frame = collection.collect();
+            let frame = collection.collect().await;
             assert_eq!(frame.seq, seq);
-            let json: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
-            let names: Vec<&str> = json
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(String::as_str)
-                .collect();
-            assert_eq!(names, ["timestamp", "memory"]);
+            assert_eq!(keys(&frame), ["timestamp", "memory"]);
         }
     }
 
-    #[test]
-    fn switching_keeps_the_state_of_sources_that_stay() {
-        let mut collection =
-            Collection::new(&["network"], Format::Seed, &HostFs::default()).unwrap();
-        collection.collect();
-        let fresh = NamedSource::build_all(&["memory"], &HostFs::default()).unwrap();
-        collection.switch(&["memory", "network"], fresh, Format::Raw);
-        let frame: serde_json::Value = serde_json::from_slice(&collection.collect().json).unwrap();
-        let names: Vec<&str> = frame
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(names, ["timestamp", "memory", "network"]);
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    /// Its first call takes 300 ms, later ones answer at once with how many calls began.
+    struct SlowFirst;
+
+    #[async_trait]
+    impl Source for SlowFirst {
+        async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+            let call = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+            if call == 1 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(Box::new(Count(call)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_source_misses_its_snapshots_without_delaying_them_or_piling_up() {
+        let slow = Slot::new("slow", |_| Ok(Box::new(SlowFirst)), &HostFs::default()).unwrap();
+        // 40 ms between ticks: 20 ms for the sources.
+        let mut collection = collection(&["memory"], 0.04, slow);
+        let mut spans = Vec::new();
+        let mut frames = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            frames.push(collection.collect().await);
+            spans.push(start.elapsed());
+        }
+        // Late, then still out (not called again): left out, memory published at once.
+        assert!(frames.iter().all(|f| keys(f) == ["timestamp", "memory"]));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        assert!(spans[0] >= Duration::from_millis(20), "{spans:?}");
+        assert!(
+            spans[1..].iter().all(|s| *s < Duration::from_millis(20)),
+            "{spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The first call has returned: its late section is dropped and the source called again.
+        let frame: serde_json::Value =
+            serde_json::from_slice(&collection.collect().await.json).unwrap();
+        assert_eq!(frame["slow"], 2);
+        assert_eq!(collection.slots[0].skipped, 4);
+    }
+
+    #[tokio::test]
+    async fn switching_keeps_the_state_of_sources_that_stay() {
+        let interval = Duration::from_secs(60);
+        let host = HostFs::default();
+        let mut collection = Collection::new(&["network"], Format::Seed, interval, &host).unwrap();
+        collection.collect().await;
+        collection.switch(Apply {
+            sources: vec!["memory", "network"],
+            fresh: Slot::build_all(&["memory"], &host).unwrap(),
+            format: Format::Raw,
+            interval,
+        });
+        let frame = collection.collect().await;
+        assert_eq!(keys(&frame), ["timestamp", "memory", "network"]);
+        let frame: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
         // Raw format now, and network kept its previous sample: rates need one.
         assert!(frame["memory"]["total_bytes"].is_u64());
         assert!(frame["network"]["interfaces"]["lo"]["rx_bytes_per_second"].is_f64());

@@ -16,11 +16,21 @@ use crate::hostfs::HostFs;
 use crate::model::Section;
 use crate::settings::{Declared, PluginConfig};
 
-/// A metric source. `collect` runs on the collector thread, never on the async runtime, so
-/// it may read files synchronously; it must not sleep.
+/// A metric source, collected on the async runtime once per tick under the tick's deadline
+/// (see [`crate::pipeline`]): a call that waits goes on as a task of its own and holds up no
+/// other source. A call that misses the deadline leaves this source out of that snapshot, and
+/// the source is not called again until that call has returned (the call owns the source).
+///
+/// Cheap reads of `/proc` and `/sys` through [`HostFs`] may stay inline (microseconds; HostFs
+/// refuses anything that could wait, such as a FIFO). Anything that can really block (a
+/// `statvfs` on a network mount, a sensor bus) must not run on the runtime: move what it
+/// needs into `tokio::task::spawn_blocking` and await the handle, e.g.
+/// `let stats = spawn_blocking(move || statvfs(&path)).await??;`. If the deadline passes,
+/// the blocking thread finishes on its own and this source waits for it before its next call.
+#[async_trait]
 pub trait Source: Send {
     /// Reads the host once and returns this source's section of the snapshot.
-    fn collect(&mut self) -> anyhow::Result<Box<dyn Section>>;
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>>;
 }
 
 /// A snapshot consumer. Each sink runs in its own task fed by a bounded queue, so a slow sink
@@ -52,7 +62,8 @@ pub trait Sink: Send {
 /// bound, file open), so the pipeline can wait for readiness before the first collection.
 pub type SinkFuture = Pin<Box<dyn Future<Output = anyhow::Result<Box<dyn Sink>>> + Send>>;
 
-/// Where sources read the host from (`/` on a live system, a fixture tree in tests).
+/// Where sources read the host from: `--host-root` (`/` on a live system, the host's root
+/// mounted in a container, a fixture tree in tests).
 pub struct SourceContext {
     pub host: HostFs,
 }
@@ -162,4 +173,13 @@ pub fn default_names<P: Plugin>() -> String {
         .map(|(_, name)| *name)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// One collection of `source` outside the pipeline, for unit tests.
+#[cfg(test)]
+pub(crate) fn collect_now(source: &mut dyn Source) -> anyhow::Result<Box<dyn Section>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(source.collect())
 }

@@ -422,7 +422,7 @@ fn a_dead_collector_stops_the_agent_with_exit_1() {
         "0.05",
     ]);
     assert_eq!(agent.wait_exit().code(), Some(1));
-    let line = agent.wait_log("the collector thread died");
+    let line = agent.wait_log("the collector task died");
     assert!(
         line.contains("test-drop-panics panics when dropped"),
         "{line}"
@@ -511,4 +511,108 @@ fn a_silent_crowd_delays_neither_snapshots_nor_sigterm() {
     // The promise is 1 s; the slack is for a loaded machine, a hang takes far longer.
     assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
     drop(silent);
+}
+
+/// Milliseconds between the timestamps of consecutive snapshots.
+fn gaps_ms(snapshots: &[serde_json::Value]) -> Vec<i64> {
+    // `2026-11-30T10:00:00.123Z`: the time of day is enough for a run of seconds.
+    let ms = |s: &serde_json::Value| {
+        let time = s["timestamp"].as_str().unwrap()[11..23].to_string();
+        let n = |range: std::ops::Range<usize>| time[range].parse::<i64>().unwrap();
+        ((n(0..2) * 60 + n(3..5)) * 60 + n(6..8)) * 1000 + n(9..12)
+    };
+    (snapshots.windows(2))
+        .map(|w| (ms(&w[1]) - ms(&w[0])).rem_euclid(86_400_000))
+        .collect()
+}
+
+#[test]
+fn a_fifo_under_host_root_costs_only_memory_and_sigterm_still_stops_the_agent() {
+    let _heavy = heavy();
+    let scratch = Scratch::new();
+    let root = scratch.path("root");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node_exporter");
+    let copied = std::process::Command::new("cp")
+        .arg("-R")
+        .arg(fixture)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    // Nobody ever writes to it: an agent that opened or read it would wait forever.
+    std::fs::remove_file(root.join("proc/meminfo")).unwrap();
+    nix::unistd::mkfifo(&root.join("proc/meminfo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--interval",
+        "0.1",
+        "--host-root",
+        root.to_str().unwrap(),
+    ]);
+    let snapshots: Vec<_> = (0..20)
+        .map(|_| agent.snapshot_where("a snapshot", |_| true))
+        .collect();
+    for s in &snapshots {
+        let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["timestamp", "cpu", "network"], "{s}");
+        assert_eq!(s["cpu"]["count"], 8, "from the tree: {s}");
+    }
+    // On the 100 ms grid: a tick may be skipped on a loaded machine, never delayed much.
+    let gaps = gaps_ms(&snapshots);
+    assert!(gaps.iter().all(|g| (50..=350).contains(g)), "{gaps:?}");
+    let line = agent.wait_log("left out of the snapshot");
+    assert!(
+        line.contains("memory") && line.contains("not a regular file"),
+        "{line}"
+    );
+    let asked = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    let took = asked.elapsed();
+    eprintln!("exit {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
+fn a_source_stuck_past_the_deadline_is_left_out_and_never_called_twice_at_once() {
+    let _heavy = heavy();
+    // test-slow: odd calls answer at once, even ones block for 500 ms; its section is the
+    // number of calls made so far.
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--sources",
+        "cpu,test-slow",
+        "--interval",
+        "0.1",
+    ]);
+    let snapshots: Vec<_> = (0..40)
+        .map(|_| agent.snapshot_where("a snapshot", |_| true))
+        .collect();
+    assert!(snapshots.iter().all(|s| s.get("cpu").is_some()));
+    let gaps = gaps_ms(&snapshots);
+    assert!(gaps.iter().all(|g| (50..=350).contains(g)), "{gaps:?}");
+    let published: Vec<(usize, u64)> = (snapshots.iter().enumerate())
+        .filter_map(|(i, s)| Some((i, s.get("test-slow")?.as_u64()?)))
+        .collect();
+    assert!(published.len() >= 3, "{published:?}");
+    for pair in published.windows(2) {
+        let ((i, calls), (j, next)) = (pair[0], pair[1]);
+        // One blocked call in between, never repeated while out, and missing from the
+        // snapshots of the ticks it was out for (about five of them).
+        assert_eq!(next, calls + 2, "{published:?}");
+        assert!(j - i >= 3, "{published:?}");
+    }
+    let line = agent.wait_log("no answer by the tick's deadline");
+    assert!(line.contains("test-slow"), "{line}");
+    // Right after a call blocked: the blocking thread does not hold the exit back.
+    agent.snapshot_where("test-slow's answer", |s| s.get("test-slow").is_some());
+    agent.snapshot_where("the next snapshot", |_| true);
+    let asked = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    let took = asked.elapsed();
+    eprintln!("exit {took:?} after SIGTERM, a call blocked");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }

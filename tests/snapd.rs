@@ -820,3 +820,26 @@ fn changing_only_bind_on_the_same_port_moves_the_listener() {
     Subscriber::connect(local).snapshot();
     drop(blocker);
 }
+
+#[test]
+fn a_reload_to_another_host_root_reads_every_source_from_there() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"sources": "memory,cpu"}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .args(["--sinks", "stdout", "--interval", "0.1", "--format", "raw"]),
+    );
+    agent.snapshot_where("a snapshot of this host", |s| {
+        sections(s) == ["memory", "cpu"]
+    });
+    // node_exporter's tree: MemTotal 3742148 kB, eight CPUs.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node_exporter");
+    fake.set_config(json!({"sources": "memory,cpu", "host-root": root}));
+    agent.signal(Signal::SIGHUP);
+    let s = agent.snapshot_where("a snapshot of the tree", |s| {
+        s["memory"]["total_bytes"] == 3_742_148u64 * 1024
+    });
+    assert_eq!(s["cpu"]["count"], 8, "{s}");
+}

@@ -168,3 +168,20 @@ fn an_interface_name_that_is_not_utf8_keeps_the_network_section() {
         "{snapshot}"
     );
 }
+
+#[test]
+fn under_host_root_every_figure_comes_from_the_tree() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/node_exporter");
+    let s = once(&mut pocketses(), &["--format", "raw", "--host-root", root]);
+    // proc/meminfo: MemTotal 3742148 kB, SwapTotal 4194300 kB.
+    assert_eq!(s["memory"]["total_bytes"], 3_742_148u64 * 1024, "{s}");
+    assert_eq!(s["memory"]["swap_total_bytes"], 4_194_300u64 * 1024, "{s}");
+    // proc/stat: cpu0 to cpu7; sys: cpu0's scaling_max_freq 3700000 kHz among the others.
+    assert_eq!(s["cpu"]["count"], 8, "{s}");
+    assert_eq!(s["cpu"]["per_cpu"][7]["id"], 7, "{s}");
+    // proc/net/dev: eth0's counters, and an interface this host does not have.
+    let eth0 = &s["network"]["interfaces"]["eth0"];
+    assert_eq!(eth0["rx_bytes"], 68_210_035_552u64, "{s}");
+    assert_eq!(eth0["tx_packets"], 43_451_486u64, "{s}");
+    assert!(s["network"]["interfaces"].get("lxcbr0").is_some(), "{s}");
+}
