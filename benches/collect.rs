@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
 
-use pocketses::encode::Format;
-use pocketses::hostfs::HostFs;
+use pocketses::config::{Config, Origin};
+use pocketses::model::Format;
 use pocketses::pipeline::Collection;
 
 const ROUNDS: u32 = 20_000;
@@ -48,8 +48,15 @@ fn floor() -> Duration {
 }
 
 fn collection(sources: &[&'static str], format: Format) -> Duration {
-    let interval = Duration::from_secs(1);
-    let mut c = Collection::new(sources, format, interval, &HostFs::default()).unwrap();
+    let mut config = Config::default();
+    config
+        .set("sources", &sources.join(","), Origin::Flag)
+        .unwrap();
+    config
+        .set("format", &format.to_string(), Origin::Flag)
+        .unwrap();
+    config.set("interval", "1", Origin::Flag).unwrap();
+    let mut c = Collection::new(&config).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

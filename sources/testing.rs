@@ -1,12 +1,12 @@
 //! Test-only sources (feature `test-plugins`, which only `cargo test` turns on): sections
-//! that panic where a real source's must not, and a source that blocks, so the integration
-//! tests can check what the running agent does then.
+//! that panic where a real source's must not, a source that blocks, and one with a setting,
+//! so the integration tests can check what the running agent does then.
 
 use async_trait::async_trait;
 
 use crate::model::{Format, Section};
 use crate::plugin::{Source, SourcePlugin};
-use crate::settings::Declared;
+use crate::settings::{Declared, DefaultValue, Kind, Setting};
 
 inventory::submit! {
     SourcePlugin {
@@ -38,6 +38,42 @@ inventory::submit! {
         on_by_default: None,
         settings: Declared::NONE,
         build: |_| Ok(Box::new(Slow { calls: 0 })),
+    }
+}
+
+inventory::submit! {
+    SourcePlugin {
+        name: "test-echo",
+        aliases: &[],
+        description: "test only: its section is its setting test-echo.text",
+        on_by_default: None,
+        settings: Declared::typed::<Echo>(&[Setting {
+            key: "test-echo.text",
+            kind: Kind::Text,
+            default: DefaultValue::Text("hello"),
+            help: "What the test-echo source's section says",
+        }]),
+        build: |context| Ok(Box::new(context.settings.settings::<Echo>().map_err(anyhow::Error::msg)?)),
+    }
+}
+
+/// A source built from its own settings: its section is its text.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Echo {
+    text: String,
+}
+
+#[async_trait]
+impl Source for Echo {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Section for Echo {
+    fn view(&self, _: Format) -> Box<dyn erased_serde::Serialize + '_> {
+        Box::new(&self.text)
     }
 }
 

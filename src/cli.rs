@@ -11,7 +11,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError, Origin};
-use crate::hostfs::HostFs;
 use crate::pipeline::{warm_up, Collection, Pipeline};
 use crate::plugin::{self, Plugin, SinkPlugin, SourcePlugin};
 use crate::snapd::{values, Route, SnapdError};
@@ -311,10 +310,8 @@ pub fn plugin_list() -> String {
 
 /// `--once`: one snapshot, CPU utilization measured over the warm-up.
 fn once(runtime: Runtime, config: &Config) -> anyhow::Result<()> {
-    let host = HostFs::new(&config.host_root);
     let frame = runtime.block_on(async {
-        let mut collection =
-            Collection::new(&config.sources, config.format, config.interval, &host)?;
+        let mut collection = Collection::new(config)?;
         tokio::time::sleep(warm_up(config.interval)).await;
         anyhow::Ok(collection.collect().await)
     })?;

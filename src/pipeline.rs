@@ -41,6 +41,7 @@ use crate::model::Section;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
 use crate::schedule::Ticker;
 use crate::settings::{Declared, PluginConfig};
+use serde_json::{Map, Value};
 
 /// Snapshots a sink may have queued before it starts losing the oldest.
 const SINK_QUEUE: usize = 16;
@@ -78,7 +79,8 @@ pub struct Collection {
 struct Slot {
     name: &'static str,
     build: BuildSource,
-    host: HostFs,
+    /// What it was built with, to build it again after its task was lost.
+    context: SourceContext,
     state: SlotState,
     failures: RateLimit,
     /// Ticks this source was left out of because an earlier call had not returned.
@@ -119,18 +121,13 @@ enum Outcome {
 }
 
 impl Collection {
-    /// Builds `names` (canonical source names) reading the host from `host`; each tick
-    /// waits [`collection_deadline`] of `interval` for them.
-    pub fn new(
-        names: &[&'static str],
-        format: Format,
-        interval: Duration,
-        host: &HostFs,
-    ) -> anyhow::Result<Self> {
+    /// Builds the sources `config` names, each with its settings, reading the host under its
+    /// host root; each tick waits [`collection_deadline`] of its interval for them.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
         Ok(Collection {
-            slots: Slot::build_all(names, host)?,
-            format,
-            deadline: collection_deadline(interval),
+            slots: Slot::build_all(&config.sources, config)?,
+            format: config.format,
+            deadline: collection_deadline(config.interval),
             encoder: Encoder::default(),
             seq: 0,
         })
@@ -198,23 +195,29 @@ impl Collection {
 }
 
 impl Slot {
-    fn build_all(names: &[&'static str], host: &HostFs) -> anyhow::Result<Vec<Slot>> {
+    /// The sources `names` as `config` sets them up.
+    fn build_all(names: &[&'static str], config: &Config) -> anyhow::Result<Vec<Slot>> {
+        let host = HostFs::new(&config.host_root);
         names
             .iter()
             .map(|&name| {
                 let plugin = plugin::find::<SourcePlugin>(name)
                     .with_context(|| format!("no source is registered as {name:?}"))?;
-                Slot::new(name, plugin.build, host).with_context(|| format!("source {name}"))
+                let context = SourceContext {
+                    host: host.clone(),
+                    settings: config.plugin_config(&plugin.settings),
+                };
+                Slot::new(name, plugin.build, context).with_context(|| format!("source {name}"))
             })
             .collect()
     }
 
-    fn new(name: &'static str, build: BuildSource, host: &HostFs) -> anyhow::Result<Slot> {
-        let source = build(&SourceContext { host: host.clone() })?;
+    fn new(name: &'static str, build: BuildSource, context: SourceContext) -> anyhow::Result<Slot> {
+        let source = build(&context)?;
         Ok(Slot {
             name,
             build,
-            host: host.clone(),
+            context,
             state: SlotState::Ready(source),
             failures: RateLimit::default(),
             skipped: 0,
@@ -243,9 +246,7 @@ impl Slot {
         }
         let source = match std::mem::replace(&mut self.state, SlotState::Lost) {
             SlotState::Ready(source) => source,
-            SlotState::Lost => match (self.build)(&SourceContext {
-                host: self.host.clone(),
-            }) {
+            SlotState::Lost => match (self.build)(&self.context) {
                 Ok(source) => source,
                 Err(e) => return Call::NotCalled(format!("it could not be built again: {e:#}")),
             },
@@ -380,6 +381,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 #[derive(Clone, Debug, PartialEq)]
 struct Collecting {
     sources: Vec<&'static str>,
+    /// Each source's own settings, in the order of `sources`.
+    settings: Vec<Map<String, Value>>,
     format: Format,
     interval: Duration,
     host_root: PathBuf,
@@ -387,12 +390,25 @@ struct Collecting {
 
 impl Collecting {
     fn of(config: &Config) -> Collecting {
+        let settings = (config.sources.iter())
+            .map(|&name| match plugin::find::<SourcePlugin>(name) {
+                Some(plugin) => config.plugin_config(&plugin.settings).values,
+                None => Map::new(),
+            })
+            .collect();
         Collecting {
             sources: config.sources.clone(),
+            settings,
             format: config.format,
             interval: config.interval,
             host_root: config.host_root.clone(),
         }
+    }
+
+    /// The settings `name` runs with, if it is collected.
+    fn settings_of(&self, name: &str) -> Option<&Map<String, Value>> {
+        let i = self.sources.iter().position(|&s| s == name)?;
+        self.settings.get(i)
     }
 }
 
@@ -583,8 +599,7 @@ impl Pipeline {
         for &name in &config.sinks {
             sinks.push(starter.start(name, &config).await?);
         }
-        let host = HostFs::new(&config.host_root);
-        let collection = Collection::new(&config.sources, config.format, config.interval, &host)?;
+        let collection = Collection::new(&config)?;
         let ticker = Ticker::new(Instant::now() + warm_up(config.interval), config.interval);
         let (collector, changes) = mpsc::unbounded_channel();
         let frames = starter.frames.clone();
@@ -664,14 +679,15 @@ impl Pipeline {
         let wanted = Collecting::of(&config);
         if wanted != self.collecting {
             // A new host root makes every source new: the state of the others is another
-            // tree's.
+            // tree's. So do new settings of a source.
             let new_root = wanted.host_root != self.collecting.host_root;
             let added: Vec<_> = (wanted.sources.iter())
-                .filter(|name| new_root || !self.collecting.sources.contains(name))
+                .filter(|&&name| {
+                    new_root || self.collecting.settings_of(name) != wanted.settings_of(name)
+                })
                 .copied()
                 .collect();
-            let host = HostFs::new(&wanted.host_root);
-            match Slot::build_all(&added, &host) {
+            match Slot::build_all(&added, &config) {
                 Ok(fresh) => {
                     let _ = self.collector.send(Apply {
                         sources: wanted.sources.clone(),
@@ -769,10 +785,31 @@ mod tests {
         }
     }
 
-    /// A collection of `names` (reading `/`) at `interval`, with `first` in front of them.
-    fn collection(names: &[&'static str], interval: f64, first: Slot) -> Collection {
-        let interval = Duration::from_secs_f64(interval);
-        let mut c = Collection::new(names, Format::Raw, interval, &HostFs::default()).unwrap();
+    /// The default configuration with these settings.
+    fn config(settings: &[(&str, &str)]) -> Config {
+        let mut config = Config::default();
+        for (key, value) in settings {
+            config.set(key, value, crate::config::Origin::Flag).unwrap();
+        }
+        config
+    }
+
+    /// What a test's own source is built with: `/`, and no settings.
+    fn bare() -> SourceContext {
+        SourceContext {
+            host: HostFs::default(),
+            settings: Config::default().plugin_config(&Declared::NONE),
+        }
+    }
+
+    /// A collection of `names` (reading `/`) at `interval`, in raw, with `first` in front.
+    fn collection(names: &str, interval: &str, first: Slot) -> Collection {
+        let config = config(&[
+            ("sources", names),
+            ("interval", interval),
+            ("format", "raw"),
+        ]);
+        let mut c = Collection::new(&config).unwrap();
         c.slots.insert(0, first);
         c
     }
@@ -784,8 +821,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_source_is_left_out_and_the_others_still_publish() {
-        let flaky = Slot::new("flaky", |_| Ok(Box::new(Flaky(0))), &HostFs::default()).unwrap();
-        let mut collection = collection(&["memory"], 60.0, flaky);
+        let flaky = Slot::new("flaky", |_| Ok(Box::new(Flaky(0))), bare()).unwrap();
+        let mut collection = collection("memory", "60", flaky);
         let mut frames = Vec::new();
         for _ in 0..3 {
             let frame = collection.collect().await;
@@ -825,8 +862,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_section_that_panics_while_encoding_is_left_out() {
-        let panics = Slot::new("panics", |_| Ok(Box::new(ViewPanics)), &HostFs::default());
-        let mut collection = collection(&["memory"], 60.0, panics.unwrap());
+        let panics = Slot::new("panics", |_| Ok(Box::new(ViewPanics)), bare());
+        let mut collection = collection("memory", "60", panics.unwrap());
         for seq in 0..2 {
             let frame = collection.collect().await;
             assert_eq!(frame.seq, seq);
@@ -852,9 +889,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_source_misses_its_snapshots_without_delaying_them_or_piling_up() {
-        let slow = Slot::new("slow", |_| Ok(Box::new(SlowFirst)), &HostFs::default()).unwrap();
+        let slow = Slot::new("slow", |_| Ok(Box::new(SlowFirst)), bare()).unwrap();
         // 40 ms between ticks: 20 ms for the sources.
-        let mut collection = collection(&["memory"], 0.04, slow);
+        let mut collection = collection("memory", "0.04", slow);
         let mut spans = Vec::new();
         let mut frames = Vec::new();
         for _ in 0..5 {
@@ -881,12 +918,12 @@ mod tests {
     #[tokio::test]
     async fn switching_keeps_the_state_of_sources_that_stay() {
         let interval = Duration::from_secs(60);
-        let host = HostFs::default();
-        let mut collection = Collection::new(&["network"], Format::Seed, interval, &host).unwrap();
+        let config = config(&[("sources", "network")]);
+        let mut collection = Collection::new(&config).unwrap();
         collection.collect().await;
         collection.switch(Apply {
             sources: vec!["memory", "network"],
-            fresh: Slot::build_all(&["memory"], &host).unwrap(),
+            fresh: Slot::build_all(&["memory"], &config).unwrap(),
             format: Format::Raw,
             interval,
         });

@@ -64,8 +64,12 @@ pub type SinkFuture = Pin<Box<dyn Future<Output = anyhow::Result<Box<dyn Sink>>>
 
 /// Where sources read the host from: `--host-root` (`/` on a live system, the host's root
 /// mounted in a container, a fixture tree in tests).
+#[derive(Clone, Debug)]
 pub struct SourceContext {
     pub host: HostFs,
+    /// This source's own settings (`settings::<T>()` gives them typed), and the interval and
+    /// format they run with.
+    pub settings: PluginConfig,
 }
 
 /// Registration record of a source.

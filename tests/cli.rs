@@ -594,3 +594,18 @@ fn the_file_sink_says_that_it_creates_missing_directories() {
     );
     wait_for("the file", || file.exists().then_some(()));
 }
+
+#[test]
+fn a_source_gets_its_settings_typed() {
+    let out = run(&[
+        "--no-snap",
+        "--once",
+        "--sources",
+        "cpu,test-echo",
+        "--test-echo-text",
+        "hi there",
+    ]);
+    let snapshot = stdout_json(&out);
+    assert_eq!(snapshot["test-echo"], "hi there", "{snapshot}");
+    assert!(snapshot["cpu"]["count"].as_u64() > Some(0));
+}

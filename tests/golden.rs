@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pocketses::config::Config;
 use pocketses::encode::{Encoder, Format};
 use pocketses::hostfs::HostFs;
 use pocketses::model::{Family, Kind, Section, Unit};
@@ -89,11 +90,15 @@ impl Host {
 
 /// The sources built through the registry on `host`.
 fn sources(host: &Host) -> Vec<(&'static str, Box<dyn Source>)> {
-    let context = SourceContext { host: host.root() };
+    let defaults = Config::default();
     SOURCES
         .into_iter()
         .map(|name| {
             let plugin = plugin::find::<SourcePlugin>(name).unwrap();
+            let context = SourceContext {
+                host: host.root(),
+                settings: defaults.plugin_config(&plugin.settings),
+            };
             (name, (plugin.build)(&context).unwrap())
         })
         .collect()

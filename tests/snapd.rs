@@ -84,10 +84,23 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
     assert_eq!(r.header("host"), Some("localhost"));
     assert_eq!(r.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(
-        body,
-        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "port", "bind", "max-clients", "test"]})
-    );
+    // `get -d` and every top-level key the registry declares: the core keys, then each
+    // plugin's (a dotted key comes back nested under its first part).
+    let mut args = vec!["get", "-d"];
+    args.extend(pocketses::snapd::values::top_level_keys());
+    assert_eq!(body, json!({"context-id": COOKIE, "args": args}));
+    for key in [
+        "sources",
+        "sinks",
+        "interval",
+        "format",
+        "file",
+        "port",
+        "bind",
+        "max-clients",
+    ] {
+        assert!(args.contains(&key), "{key} not asked for: {args:?}");
+    }
 }
 
 #[test]
@@ -191,6 +204,34 @@ fn a_reload_gives_a_plugin_its_new_settings() {
     );
     agent.next_log("configuration reloaded");
     agent.next_log("test-settings says \"moi\"");
+}
+
+#[test]
+fn a_reload_gives_a_source_its_new_settings_and_keeps_the_others_state() {
+    let dir = Scratch::new();
+    let fake = FakeSnapd::start(dir.dir(), json!({"test-echo": {"text": "one"}}), COOKIE);
+    let agent = Agent::spawn(
+        against(&fake)
+            .env("SNAP_COOKIE", COOKIE)
+            .env("SNAP_INSTANCE_NAME", "pocketses")
+            .env("RUST_LOG", "info")
+            .args([
+                "--sinks",
+                "stdout",
+                "--sources",
+                "network,test-echo",
+                "--format",
+                "raw",
+                "--interval",
+                "0.05",
+            ]),
+    );
+    agent.snapshot_where("the first text", |s| s["test-echo"] == "one");
+    reload_with(&agent, &fake, json!({"test-echo": {"text": "two"}}));
+    agent.next_log("configuration reloaded");
+    // The very next snapshot has the new text, and network its rates: it was not rebuilt.
+    let after = agent.snapshot_where("the new text", |s| s["test-echo"] == "two");
+    assert!(after["network"]["interfaces"]["lo"]["rx_bytes_per_second"].is_f64());
 }
 
 #[test]
