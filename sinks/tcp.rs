@@ -33,6 +33,7 @@ use crate::encode::Frame;
 use crate::logging::RateLimit;
 use crate::plugin::{Sink, SinkPlugin};
 use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
+use crate::stats;
 
 /// Lines a subscriber may have queued before it loses the oldest: its memory bound.
 const QUEUE: usize = 8;
@@ -410,14 +411,17 @@ impl Slot {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(hub.clone()))
+            .ok()?;
+        // Counted for the agent source across hubs: a rebind's old hub keeps its subscribers.
+        stats::sink("tcp").subscriber(true);
+        Some(Slot(hub.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        stats::sink("tcp").subscriber(false);
     }
 }
 
