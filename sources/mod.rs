@@ -7,9 +7,11 @@
 //! parsing where the section's data ends (the long `intr` line of `/proc/stat` is never
 //! split), which keeps a collection near the cost of the reads themselves.
 
+mod agent;
 mod cpu;
 mod memory;
 mod network;
+mod temperature;
 #[cfg(feature = "test-plugins")]
 mod testing;
 
