@@ -84,6 +84,16 @@ pub fn scan(host: &HostFs) -> Scan {
     scan
 }
 
+/// Whether either class lists a device (or cannot be listed: the scan says why).
+fn has_devices(host: &HostFs) -> bool {
+    [
+        ("/sys/class/hwmon", "hwmon"),
+        ("/sys/class/thermal", "thermal_zone"),
+    ]
+    .iter()
+    .any(|(class, prefix)| numbered(host, class, prefix, "").map_or(true, |d| !d.is_empty()))
+}
+
 /// Reads each `prefix*` device of `class` with `read`; whether any had a sensor to read.
 fn scan_class(
     host: &HostFs,
@@ -243,6 +253,12 @@ struct Temperature {
 #[async_trait]
 impl Source for Temperature {
     async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        // Listing the classes touches no hardware. Without a device in either (most VMs)
+        // there is nothing to wait for, and no blocking thread to hand to (4 µs a call
+        // instead of 26: benches/collect.rs).
+        if !has_devices(&self.host) {
+            return Ok(Box::new(TemperatureSection(Vec::new())));
+        }
         let host = self.host.clone();
         let scan = tokio::task::spawn_blocking(move || scan(&host)).await?;
         if scan.denied && scan.sensors.is_empty() {
