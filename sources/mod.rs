@@ -6,6 +6,11 @@
 //! `/proc/stat` parser drops CPU ids, which offline CPUs make matter. They also stop
 //! parsing where the section's data ends (the long `intr` line of `/proc/stat` is never
 //! split), which keeps a collection near the cost of the reads themselves.
+//!
+//! `temperature` reads one small sysfs file per value through `HostFs` (no crate reads hwmon
+//! under another root; sysinfo's `Components` hard-codes `/sys`). `agent` reads its three
+//! figures from one `/proc/self/stat` line by field position (see the figures in
+//! benches/collect.rs), rather than taking `procfs` on as a dependency for four numbers.
 
 mod agent;
 mod cpu;
