@@ -167,6 +167,7 @@ impl TcpSink {
         let wanted = SocketAddr::new(config.settings.bind, config.settings.port);
         let listener = listen(wanted).with_context(|| format!("listening on {wanted}"))?;
         let hub = Arc::new(Hub::new(config, None));
+        stats::sink("tcp").counts_subscribers();
         Ok(TcpSink {
             bind: config.settings.bind,
             port: config.settings.port,

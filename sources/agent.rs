@@ -420,6 +420,7 @@ mod tests {
         stats::source("agent-test-source").record(std::time::Duration::from_micros(1500));
         let sink = stats::sink("agent-test-sink");
         sink.dropped(2);
+        sink.counts_subscribers();
         sink.subscriber(true);
         let section = collect_now(&mut Agent::new()).unwrap();
         let raw = serde_json::to_value(section.view(Format::Raw)).unwrap();

@@ -62,10 +62,13 @@ impl SinkStats {
         self.dropped.load(Relaxed)
     }
 
-    /// One subscriber more (`true`) or less; from the first call on, this sink reports a
-    /// subscriber count.
-    pub fn subscriber(&self, joined: bool) {
+    /// Marks this sink as one that has subscribers, so that it reports their count, 0 too.
+    pub fn counts_subscribers(&self) {
         self.has_subscribers.store(true, Relaxed);
+    }
+
+    /// One subscriber more (`true`) or less.
+    pub fn subscriber(&self, joined: bool) {
         if joined {
             self.subscribers.fetch_add(1, Relaxed);
         } else {
@@ -144,6 +147,8 @@ mod tests {
 
         let s = sink("stats-test-sink");
         assert_eq!(s.subscribers(), None);
+        s.counts_subscribers();
+        assert_eq!(s.subscribers(), Some(0));
         s.dropped(3);
         s.subscriber(true);
         s.subscriber(true);

@@ -316,7 +316,13 @@ fn agent_reports_its_own_rss_descriptors_and_the_subscribers_connected() {
         "0.1",
         "--port",
         "0",
+        "--sinks",
+        "tcp,stdout",
     ]);
+    // Before anyone subscribes, stdout shows the tcp sink with none.
+    agent.snapshot_where("a tcp sink with 0 subscribers", |s| {
+        s["agent"]["sinks"]["tcp"]["subscribers"] == 0
+    });
     let mut first = Subscriber::connect(agent.address());
     let section = |sub: &mut Subscriber| -> Value {
         let s: Value = serde_json::from_str(&sub.snapshot()).unwrap();
