@@ -107,6 +107,7 @@ fn scan_class(
         Ok(devices) => devices,
         Err(e) => {
             scan.denied |= e.kind() == io::ErrorKind::PermissionDenied;
+            scan.failed.push(format!("{class}: {e}"));
             return false;
         }
     };
@@ -265,7 +266,7 @@ impl Source for Temperature {
             anyhow::bail!(
                 "reading the sensors was denied ({}); in the snap, connect its interface: \
                  snap connect pocketses:hardware-observe",
-                scan.failed.first().map_or("/sys/class", String::as_str)
+                scan.failed.first().map_or("", String::as_str)
             );
         }
         if let Some(first) = scan.failed.first() {

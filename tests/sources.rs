@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use common::{heavy, pocketses, run, wait_for, Agent, Subscriber};
+use common::{heavy, pocketses, run, wait_for, Agent, Scratch, Subscriber};
 
 /// `--once` with `args`: the snapshot, after checking that the agent succeeded quietly.
 fn once(command: &mut Command, args: &[&str]) -> Value {
@@ -396,4 +396,43 @@ fn agent_counts_the_snapshots_a_sink_drops() {
     assert!(dropped > 0);
     assert!(agent.is_running());
     drop(stdout);
+}
+
+#[test]
+fn temperature_denied_is_left_out_naming_the_interface_not_an_empty_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let class = scratch.path("sys/class/hwmon");
+    std::fs::create_dir_all(class.join("hwmon0")).unwrap();
+    std::fs::write(class.join("hwmon0/temp1_input"), "41000\n").unwrap();
+    let chmod = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(scratch.dir(), 0o755);
+    chmod(&class, 0o000);
+    // Root reads past file modes: the agent runs as nobody, denied as an unconnected
+    // interface denies it in the snap.
+    let mut command = pocketses();
+    if nix::unistd::geteuid().is_root() {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            chmod(&class, 0o755);
+            return common::skip("as root, needs setpriv to run the agent as nobody");
+        }
+        command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(env!("CARGO_BIN_EXE_pocketses"));
+    }
+    let out = run(command
+        .args(["--no-snap", "--once", "--sources", "temp", "--host-root"])
+        .arg(scratch.dir()));
+    chmod(&class, 0o755);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s.get("temperature").is_none(), "{s}");
+    assert!(
+        stderr.contains("Permission denied")
+            && stderr.contains("snap connect pocketses:hardware-observe"),
+        "{stderr}"
+    );
 }
