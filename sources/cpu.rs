@@ -301,7 +301,7 @@ impl Source for Cpu {
             per_cpu_percent: per_cpu,
             frequency: self.frequency.read(&ids, Instant::now()),
             ids,
-            seconds: now.all,
+            ticks: now.all,
             span,
             hz: self.ticks_per_second,
         };
@@ -317,8 +317,8 @@ pub struct CpuSection {
     per_cpu_percent: Vec<f64>,
     frequency: Frequency,
     ids: Vec<u32>,
-    /// Cumulative ticks per mode, all CPUs.
-    seconds: CpuTimes,
+    /// Cumulative clock ticks (USER_HZ) per mode, all CPUs; `hz` turns them into seconds.
+    ticks: CpuTimes,
     /// Ticks per mode since the previous snapshot, all CPUs.
     span: CpuTimes,
     hz: f64,
@@ -359,7 +359,7 @@ impl Section for CpuSection {
                 frequency_current_mhz: self.frequency.current_mhz,
                 frequency_max_mhz: self.frequency.max_mhz,
                 frequency_min_mhz: self.frequency.min_mhz,
-                seconds_total: ModeValues::scaled(&self.seconds, 1.0 / self.hz),
+                seconds_total: ModeValues::scaled(&self.ticks, 1.0 / self.hz),
                 mode_percent: ModeValues::scaled(&self.span, self.span.percent_factor()),
             }),
         }
@@ -368,7 +368,7 @@ impl Section for CpuSection {
     fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
         out.push(Sample::new(&ONLINE, [], self.count as f64));
         // Scaled as raw's seconds_total is, so that the two agree to the last bit.
-        for (mode, seconds) in ModeValues::scaled(&self.seconds, 1.0 / self.hz).0 {
+        for (mode, seconds) in ModeValues::scaled(&self.ticks, 1.0 / self.hz).0 {
             out.push(Sample::new(&SECONDS, [Cow::Borrowed(mode)], seconds));
         }
         // raw's utilization_percent over 100, so that the two outputs agree.
@@ -781,7 +781,7 @@ mod tests {
             ids: (0..per_cpu_percent.len() as u32).collect(),
             per_cpu_percent,
             frequency: Frequency::default(),
-            seconds: CpuTimes::default(),
+            ticks: CpuTimes::default(),
             span: CpuTimes::default(),
             hz: 100.0,
         }

@@ -125,7 +125,7 @@ const CORE: &[Setting] = &[
         key: "host-root",
         kind: Kind::Directory,
         default: DefaultValue::Text("/"),
-        help: "read /proc and /sys under DIR (for containers and tests); it does not change the network namespace used for interface addresses, nor the agent's own limits",
+        help: "Read /proc and /sys under DIR (for containers and tests); it does not change the network namespace used for interface addresses, nor the agent's own limits",
     },
 ];
 
