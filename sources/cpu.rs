@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
-use crate::hostfs::HostFs;
+use crate::hostfs::{HostFs, KeptFile};
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
@@ -261,7 +261,7 @@ fn ticks_per_second() -> f64 {
 }
 
 pub struct Cpu {
-    host: HostFs,
+    stat: KeptFile,
     buf: String,
     previous: StatSample,
     frequency: FrequencyReader,
@@ -273,8 +273,8 @@ impl Cpu {
     /// Without one (unreadable `/proc/stat`) the first utilization reads 0.0.
     pub fn new(host: HostFs) -> Self {
         let mut cpu = Cpu {
-            frequency: FrequencyReader::new(host.clone()),
-            host,
+            stat: host.kept("/proc/stat"),
+            frequency: FrequencyReader::new(host),
             buf: String::new(),
             previous: StatSample::default(),
             ticks_per_second: ticks_per_second(),
@@ -284,7 +284,7 @@ impl Cpu {
     }
 
     fn sample(&mut self) -> anyhow::Result<StatSample> {
-        self.host.read_into("/proc/stat", &mut self.buf)?;
+        self.stat.read_into(&mut self.buf)?;
         parse_stat(&self.buf).ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu lines"))
     }
 }
