@@ -86,7 +86,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(
         body,
-        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "port", "bind", "max-clients", "test"]})
+        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "mqtt", "port", "bind", "max-clients", "test"]})
     );
 }
 
@@ -212,7 +212,7 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         ),
         (
             json!({"port": true}),
-            r#"port: invalid value "true" (from snap configuration): expected a string or a number"#,
+            r#"port: invalid value "true" (from snap configuration): a TCP port from 0 to 65535"#,
         ),
         (
             json!({"file": {"max-size": {"a": 1}}}),
@@ -225,7 +225,7 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         ),
         (
             json!({"test": {"greeting": ["a"]}}),
-            r#"test.greeting: invalid value "[\"a\"]" (from snap configuration): expected a string or a number: text without control characters"#,
+            r#"test.greeting: invalid value "[\"a\"]" (from snap configuration): expected a string, a number or a boolean: text without control characters"#,
         ),
         (
             json!({"test": {"colour": "blue"}}),
