@@ -137,7 +137,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_millis(400);
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const DISCOVERY_PREFIX: &str = "homeassistant";
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+/// No `Debug`: it holds the password.
+#[derive(Clone, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Settings {
     host: String,
