@@ -635,7 +635,8 @@ async fn run(mut eventloop: EventLoop, shared: Shared, broker: String) {
 }
 
 /// Between half of `backoff` and all of it, so that a fleet that lost its broker does not
-/// come back in step.
+/// come back in step. std's randomly keyed hasher is the random source: one number per
+/// attempt needs no `rand` crate.
 fn jitter(backoff: Duration) -> Duration {
     let random = RandomState::new().hash_one(std::time::Instant::now());
     backoff / 2 + backoff.mul_f64((random % 1000) as f64 / 2000.0)
