@@ -793,3 +793,38 @@ fn a_sensor_whose_source_is_disabled_on_reload_is_removed_from_home_assistant() 
         (removed == 2).then_some(())
     });
 }
+
+/// A broker that stops answering mid-run (frozen with SIGSTOP) holds up neither the TCP
+/// subscribers nor SIGTERM: the agent exits within its second, `offline` or not.
+#[test]
+fn a_frozen_broker_delays_neither_subscribers_nor_the_exit() {
+    let dir = Scratch::new();
+    let Some(broker) = Broker::start(&dir, "allow_anonymous true") else {
+        return;
+    };
+    let mut agent = start_agent(
+        &broker,
+        "frozen",
+        &["--sinks", "tcp,mqtt", "--port", "0", "--interval", "0.01"],
+    );
+    agent.wait_log("connected to");
+    let mut tcp = Subscriber::connect(agent.address());
+    let frozen = broker.process.as_ref().unwrap();
+    frozen.signal(Signal::SIGSTOP);
+    // A second of snapshots into a broker that reads nothing, while the subscriber reads on.
+    let start = Instant::now();
+    let mut lines = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        tcp.line().expect("a snapshot");
+        lines += 1;
+    }
+    agent.signal(Signal::SIGTERM);
+    let stopping = Instant::now();
+    let status = agent.wait_exit();
+    let took = stopping.elapsed();
+    frozen.signal(Signal::SIGCONT);
+    eprintln!("{lines} lines in the frozen second; exit {took:?} after SIGTERM");
+    assert!(status.success());
+    assert!(lines > 10, "{lines} lines in a second at 100 Hz");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
