@@ -144,12 +144,16 @@ impl KeptFile {
     }
 
     fn read(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        let file = match self.open.take() {
-            Some(file) => file,
-            None => open_regular(&self.full)?,
+        let (file, kept) = match self.open.take() {
+            Some(file) => (file, true),
+            None => {
+                let file = open_regular(&self.full)?;
+                let procfs = on_procfs(&file);
+                (file, procfs)
+            }
         };
         let read = read_to_end_bounded(&file, &self.full, out);
-        if read.is_ok() && on_procfs(&file) {
+        if read.is_ok() && kept {
             self.open = Some(file);
         }
         read
