@@ -29,6 +29,13 @@ inventory::submit! {
 /// The resources, in snapshot order.
 pub const RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
 
+/// Their files, in the same order.
+const FILES: [&str; 3] = [
+    "/proc/pressure/cpu",
+    "/proc/pressure/memory",
+    "/proc/pressure/io",
+];
+
 /// One line of a pressure file: `some avg10=6.35 avg60=13.63 avg300=17.94 total=917933282`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stall {
@@ -104,9 +111,8 @@ impl Pressure {
     fn read(&mut self) -> anyhow::Result<[Option<ResourcePressure>; 3]> {
         let mut out = [None; 3];
         let mut first_error = None;
-        for (slot, resource) in out.iter_mut().zip(RESOURCES) {
-            let path = format!("/proc/pressure/{resource}");
-            match self.host.read_into(&path, &mut self.buf) {
+        for (slot, path) in out.iter_mut().zip(FILES) {
+            match self.host.read_into(path, &mut self.buf) {
                 Ok(()) => *slot = Some(parse_pressure(&self.buf)),
                 Err(e) => {
                     first_error.get_or_insert((path, e));
@@ -114,7 +120,7 @@ impl Pressure {
             }
         }
         match first_error {
-            Some((path, e)) if out.iter().all(Option::is_none) => Err(unavailable(&path, e)),
+            Some((path, e)) if out.iter().all(Option::is_none) => Err(unavailable(path, e)),
             _ => Ok(out),
         }
     }
