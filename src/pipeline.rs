@@ -38,7 +38,7 @@ use crate::encode::{Encoder, Format, Frame};
 use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
 use crate::model::Section;
-use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin};
+use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin, Unavailable};
 use crate::schedule::Ticker;
 use crate::settings::{Declared, PluginConfig};
 use serde_json::{Map, Value};
@@ -85,6 +85,8 @@ struct Slot {
     failures: RateLimit,
     /// Ticks this source was left out of because an earlier call had not returned.
     skipped: u64,
+    /// It said it is [`Unavailable`] and that was logged; cleared when it answers again.
+    unavailable_told: bool,
 }
 
 enum SlotState {
@@ -118,6 +120,8 @@ enum Call {
 enum Outcome {
     Section(Box<dyn Section>),
     LeftOut(String),
+    /// The source said it is [`Unavailable`], for this reason.
+    Unavailable(String),
 }
 
 impl Collection {
@@ -168,7 +172,14 @@ impl Collection {
         let mut json = self.encoder.begin(timestamp, self.format);
         for (slot, call) in self.slots.iter_mut().zip(calls) {
             let left_out = match slot.finish(call, deadline).await {
+                Outcome::Unavailable(why) => {
+                    if !std::mem::replace(&mut slot.unavailable_told, true) {
+                        warn!(source = slot.name, "left out of snapshots: {why}");
+                    }
+                    continue;
+                }
                 Outcome::Section(section) => {
+                    slot.unavailable_told = false;
                     match contain(|| json.section(slot.name, section.as_ref())) {
                         Ok(Ok(())) => continue,
                         Ok(Err(e)) => format!("encoding failed: {e}"),
@@ -221,6 +232,7 @@ impl Slot {
             state: SlotState::Ready(source),
             failures: RateLimit::default(),
             skipped: 0,
+            unavailable_told: false,
         })
     }
 
@@ -296,7 +308,10 @@ impl Slot {
         };
         match result {
             Ok(Ok(section)) => Outcome::Section(section),
-            Ok(Err(e)) => Outcome::LeftOut(format!("collection failed: {e:#}")),
+            Ok(Err(e)) => match e.downcast::<Unavailable>() {
+                Ok(Unavailable(why)) => Outcome::Unavailable(why),
+                Err(e) => Outcome::LeftOut(format!("collection failed: {e:#}")),
+            },
             Err(panic) => Outcome::LeftOut(format!("collection panicked: {panic}")),
         }
     }
