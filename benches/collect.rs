@@ -96,10 +96,65 @@ fn main() {
             us(collection(&[source], Format::Seed))
         );
     }
+    println!("Sources of issue 11, each next to the floor of reading its own files:");
+    for (source, files) in [
+        ("load", &["/proc/loadavg", "/proc/uptime", "/proc/stat"][..]),
+        (
+            "pressure",
+            &[
+                "/proc/pressure/cpu",
+                "/proc/pressure/memory",
+                "/proc/pressure/io",
+            ][..],
+        ),
+    ] {
+        let floor = floor_of(files);
+        let seed = collection(&[source], Format::Seed);
+        let raw = collection(&[source], Format::Raw);
+        println!(
+            "  {source:<8} floor {:6.1} µs   seed {:6.1} µs = {:.2}x   raw {:6.1} µs = {:.2}x",
+            us(floor),
+            us(seed),
+            seed.as_secs_f64() / floor.as_secs_f64(),
+            us(raw),
+            raw.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+    // host reads its files once, when built: a tick only encodes what it read then.
+    let host = pocketses::hostfs::HostFs::default();
+    let read_once = per_call(|| {
+        std::hint::black_box(pocketses::sources::HostInfo::read(&host));
+    });
+    println!(
+        "  host     read at start {:6.1} µs (floor of its files {:6.1} µs)   per tick seed {:6.1} µs, raw {:6.1} µs",
+        us(read_once),
+        us(floor_of(&[
+            "/etc/os-release",
+            "/proc/sys/kernel/hostname",
+            "/proc/sys/kernel/osrelease",
+            "/proc/cpuinfo",
+            "/proc/stat"
+        ])),
+        us(collection(&["host"], Format::Seed)),
+        us(collection(&["host"], Format::Raw))
+    );
     issue11::main();
 }
 
-/// Issue 11's sources next to the floor of just reading their files, and what the
+/// Reading `paths` once each, the least any source of them can cost.
+fn floor_of(paths: &[&str]) -> Duration {
+    let mut buf = String::with_capacity(64 << 10);
+    per_call(|| {
+        for path in paths {
+            buf.clear();
+            if let Ok(mut file) = std::fs::File::open(path) {
+                let _ = file.read_to_string(&mut buf);
+            }
+        }
+    })
+}
+
+/// temperature and agent next to the floor of just reading their files, and what the
 /// pipeline's own counters (src/stats.rs) cost per tick.
 mod issue11 {
     use super::*;
@@ -197,7 +252,9 @@ mod issue11 {
                 source.as_secs_f64() / floor.as_secs_f64()
             );
         };
-        println!("Issue 11 sources, CPU per call next to reading their files:");
+        println!(
+            "temperature and agent (process CPU time), next to the floor of reading their files:"
+        );
         side_by_side(
             "temperature (fixture: 4 chips, 6 sensors, 1 error)",
             temperature_floor(TEMPERATURE),

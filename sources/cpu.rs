@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
-use crate::hostfs::HostFs;
+use crate::hostfs::{HostFs, KeptFile};
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
@@ -261,7 +261,7 @@ fn ticks_per_second() -> f64 {
 }
 
 pub struct Cpu {
-    host: HostFs,
+    stat: KeptFile,
     buf: String,
     previous: StatSample,
     frequency: FrequencyReader,
@@ -273,8 +273,8 @@ impl Cpu {
     /// Without one (unreadable `/proc/stat`) the first utilization reads 0.0.
     pub fn new(host: HostFs) -> Self {
         let mut cpu = Cpu {
-            frequency: FrequencyReader::new(host.clone()),
-            host,
+            stat: host.kept("/proc/stat"),
+            frequency: FrequencyReader::new(host),
             buf: String::new(),
             previous: StatSample::default(),
             ticks_per_second: ticks_per_second(),
@@ -284,7 +284,7 @@ impl Cpu {
     }
 
     fn sample(&mut self) -> anyhow::Result<StatSample> {
-        self.host.read_into("/proc/stat", &mut self.buf)?;
+        self.stat.read_into(&mut self.buf)?;
         parse_stat(&self.buf).ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu lines"))
     }
 }
@@ -301,7 +301,7 @@ impl Source for Cpu {
             per_cpu_percent: per_cpu,
             frequency: self.frequency.read(&ids, Instant::now()),
             ids,
-            seconds: now.all,
+            ticks: now.all,
             span,
             hz: self.ticks_per_second,
         };
@@ -317,8 +317,8 @@ pub struct CpuSection {
     per_cpu_percent: Vec<f64>,
     frequency: Frequency,
     ids: Vec<u32>,
-    /// Cumulative ticks per mode, all CPUs.
-    seconds: CpuTimes,
+    /// Cumulative clock ticks (USER_HZ) per mode, all CPUs; `hz` turns them into seconds.
+    ticks: CpuTimes,
     /// Ticks per mode since the previous snapshot, all CPUs.
     span: CpuTimes,
     hz: f64,
@@ -359,7 +359,7 @@ impl Section for CpuSection {
                 frequency_current_mhz: self.frequency.current_mhz,
                 frequency_max_mhz: self.frequency.max_mhz,
                 frequency_min_mhz: self.frequency.min_mhz,
-                seconds_total: ModeValues::scaled(&self.seconds, 1.0 / self.hz),
+                seconds_total: ModeValues::scaled(&self.ticks, 1.0 / self.hz),
                 mode_percent: ModeValues::scaled(&self.span, self.span.percent_factor()),
             }),
         }
@@ -368,7 +368,7 @@ impl Section for CpuSection {
     fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
         out.push(Sample::new(&ONLINE, [], self.count as f64));
         // Scaled as raw's seconds_total is, so that the two agree to the last bit.
-        for (mode, seconds) in ModeValues::scaled(&self.seconds, 1.0 / self.hz).0 {
+        for (mode, seconds) in ModeValues::scaled(&self.ticks, 1.0 / self.hz).0 {
             out.push(Sample::new(&SECONDS, [Cow::Borrowed(mode)], seconds));
         }
         // raw's utilization_percent over 100, so that the two outputs agree.
@@ -781,7 +781,7 @@ mod tests {
             ids: (0..per_cpu_percent.len() as u32).collect(),
             per_cpu_percent,
             frequency: Frequency::default(),
-            seconds: CpuTimes::default(),
+            ticks: CpuTimes::default(),
             span: CpuTimes::default(),
             hz: 100.0,
         }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::encode::humanize::{ser_bytes, ser_percent};
-use crate::hostfs::HostFs;
+use crate::hostfs::KeptFile;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
@@ -16,7 +16,7 @@ inventory::submit! {
         description: "virtual memory (total, available, used) and swap",
         on_by_default: Some(2),
         settings: Declared::NONE,
-        build: |ctx| Ok(Box::new(Memory { host: ctx.host.clone(), buf: String::new() })),
+        build: |ctx| Ok(Box::new(Memory { meminfo: ctx.host.kept("/proc/meminfo"), buf: String::new() })),
     }
 }
 
@@ -79,14 +79,14 @@ fn percent_of(part: u64, whole: u64) -> f64 {
 }
 
 struct Memory {
-    host: HostFs,
+    meminfo: KeptFile,
     buf: String,
 }
 
 #[async_trait]
 impl Source for Memory {
     async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
-        self.host.read_into("/proc/meminfo", &mut self.buf)?;
+        self.meminfo.read_into(&mut self.buf)?;
         let info = parse_meminfo(&self.buf)
             .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemTotal line"))?;
         Ok(Box::new(MemorySection(info)))

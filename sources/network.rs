@@ -15,7 +15,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::encode::humanize::ser_bytes;
-use crate::hostfs::HostFs;
+use crate::hostfs::{HostFs, KeptFile};
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
@@ -186,7 +186,8 @@ fn group_by_interface<A>(pairs: impl Iterator<Item = (String, A)>) -> Vec<(Strin
 }
 
 struct Network {
-    host: HostFs,
+    net_dev: KeptFile,
+    if_inet6: KeptFile,
     addresses: Ipv4Lister,
     buf: String,
     buf_v6: String,
@@ -200,7 +201,8 @@ struct Network {
 impl Network {
     fn new(host: HostFs) -> io::Result<Self> {
         Ok(Network {
-            host,
+            net_dev: host.kept("/proc/net/dev"),
+            if_inet6: host.kept("/proc/net/if_inet6"),
             addresses: Ipv4Lister::new()?,
             buf: String::new(),
             buf_v6: String::new(),
@@ -214,7 +216,7 @@ impl Network {
 #[async_trait]
 impl Source for Network {
     async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
-        self.host.read_into("/proc/net/dev", &mut self.buf)?;
+        self.net_dev.read_into(&mut self.buf)?;
         let now = Instant::now();
         let counters = parse_net_dev(&self.buf);
         let mut interfaces = Vec::with_capacity(counters.len());
@@ -237,7 +239,7 @@ impl Source for Network {
         // Missing where IPv6 is off; unreadable costs only the IPv6 addresses. Read every
         // tick, fresh like the IPv4 ones: about 6 µs (benches/collect), which seed pays too
         // as sources do not know the format.
-        let addresses_v6 = match self.host.read_into("/proc/net/if_inet6", &mut self.buf_v6) {
+        let addresses_v6 = match self.if_inet6.read_into(&mut self.buf_v6) {
             Ok(()) => parse_if_inet6(&self.buf_v6),
             Err(_) => Vec::new(),
         };

@@ -22,7 +22,7 @@ use crate::encode::humanize::one_decimal;
 use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
 use crate::model::{Family, Format, Kind, Sample, Section, Unit};
-use crate::plugin::{Source, SourcePlugin};
+use crate::plugin::{Source, SourcePlugin, Unavailable};
 use crate::settings::Declared;
 
 inventory::submit! {
@@ -263,11 +263,12 @@ impl Source for Temperature {
         let host = self.host.clone();
         let scan = tokio::task::spawn_blocking(move || scan(&host)).await?;
         if scan.denied && scan.sensors.is_empty() {
-            anyhow::bail!(
+            let why = format!(
                 "reading the sensors was denied ({}); in the snap, connect its interface: \
                  snap connect pocketses:hardware-observe",
                 scan.failed.first().map_or("", String::as_str)
             );
+            return Err(Unavailable(why).into());
         }
         if let Some(first) = scan.failed.first() {
             if let Some(held_back) = self.failures.allow(Instant::now()) {

@@ -57,6 +57,30 @@ inventory::submit! {
     }
 }
 
+inventory::submit! {
+    SourcePlugin {
+        name: "test-counter",
+        aliases: &[],
+        description: "test only: its section counts its calls, to show that it kept its state",
+        on_by_default: None,
+        settings: Declared::NONE,
+        build: |_| Ok(Box::new(Counter { calls: 0 })),
+    }
+}
+
+/// A source whose state is the number of times it was called.
+struct Counter {
+    calls: u32,
+}
+
+#[async_trait]
+impl Source for Counter {
+    async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>> {
+        self.calls += 1;
+        Ok(Box::new(Calls(self.calls)))
+    }
+}
+
 /// A source built from its own settings: its section is its text.
 #[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

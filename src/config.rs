@@ -125,7 +125,7 @@ const CORE: &[Setting] = &[
         key: "host-root",
         kind: Kind::Directory,
         default: DefaultValue::Text("/"),
-        help: "read /proc and /sys under DIR (for containers and tests); it does not change the network namespace used for interface addresses, nor the agent's own limits",
+        help: "Read /proc and /sys under DIR (for containers and tests); it does not change the network namespace used for interface addresses, nor the agent's own limits",
     },
 ];
 
@@ -201,7 +201,7 @@ impl Config {
         let mut out = String::new();
         for setting in settings() {
             if let Some(value) = self.values.get(setting.key) {
-                out.push_str(&format!("{}={}\n", setting.key, Setting::show(value)));
+                out.push_str(&format!("{}={}\n", setting.key, setting.shown(value)));
             }
         }
         out
@@ -216,6 +216,7 @@ impl Config {
             values,
             interval: self.interval,
             format: self.format,
+            sources: self.sources.clone(),
         }
     }
 }
@@ -498,7 +499,14 @@ mod tests {
             ],
             value in value_text(),
         ) {
+            let secret = setting(&key).is_some_and(|s| matches!(s.kind, Kind::Secret));
             match set(&key, &value) {
+                // A secret reads back as `***`, which is the point.
+                Ok(config) if secret => {
+                    let shown = if value.trim().is_empty() { "" } else { "***" };
+                    let line = format!("{key}={shown}");
+                    prop_assert!(config.describe().lines().any(|l| l == line));
+                }
                 Ok(config) => prop_assert_eq!(reapply(&config.describe()), Ok(config)),
                 Err(e) => prop_assert_eq!((e.key, e.value), (key, value)),
             }

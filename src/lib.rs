@@ -3,8 +3,10 @@
 //! Every interval the [`pipeline`] asks each configured [`Source`](plugin::Source) for a
 //! [`Section`](model::Section), encodes the sections under one shared timestamp into one
 //! snapshot ([`encode`]) and hands the same bytes to every [`Sink`](plugin::Sink).
-//! Sources live in `sources/`, sinks in `sinks/`, one file each; they register themselves
-//! with `inventory`, so nothing in `src/` names a particular plugin.
+//! Sources live in `sources/`, sinks in `sinks/`, one file each, with their settings; they
+//! register themselves with `inventory`, and the framework learns them, their settings and
+//! the defaults from the registry, so nothing in the framework names a particular plugin.
+//! (`watch`, the terminal view, is a client of the wire format and knows its sections.)
 
 pub mod cli;
 pub mod config;

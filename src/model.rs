@@ -207,10 +207,10 @@ mod tests {
 
     static MODES: Family = Family {
         name: "test_seconds_total",
-        help: "Time per CPU and mode.",
+        help: "Time per core and mode.",
         kind: Kind::Counter,
         unit: Unit::Seconds,
-        labels: &["cpu", "mode"],
+        labels: &["core", "mode"],
         node_name: None,
     };
 
@@ -224,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             sample.labels().collect::<Vec<_>>(),
-            [("cpu", "3"), ("mode", "user")]
+            [("core", "3"), ("mode", "user")]
         );
         assert_eq!(sample.value, 1.5);
     }

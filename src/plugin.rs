@@ -33,6 +33,14 @@ pub trait Source: Send {
     async fn collect(&mut self) -> anyhow::Result<Box<dyn Section>>;
 }
 
+/// What a source returns from `collect` when the host lacks what it reads (a kernel without
+/// pressure stall information) or denies it (a snap interface not connected). The pipeline
+/// logs the reason once and leaves the source out of snapshots without further warnings
+/// until it answers again: an absent section, not an empty one that reads as "nothing here".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// A snapshot consumer. Each sink runs in its own task fed by a bounded queue, so a slow sink
 /// loses its own oldest snapshots and never delays another sink or the collection.
 #[async_trait]

@@ -49,6 +49,8 @@ pub enum Kind {
     Directory,
     /// Any text without control characters.
     Text,
+    /// Text without control characters that is never shown: `--check` prints `***`.
+    Secret,
     /// One of these names.
     Choice(&'static [&'static str]),
     /// A comma-separated list of names (`what` is the singular, e.g. `source`), checked and
@@ -108,7 +110,7 @@ impl Setting {
             Kind::Seconds { min, max } => format!("seconds, a number from {min} to {max}"),
             Kind::Path => format!("a file path {NO_CONTROL}"),
             Kind::Directory => format!("a directory path {NO_CONTROL}"),
-            Kind::Text => format!("text {NO_CONTROL}"),
+            Kind::Text | Kind::Secret => format!("text {NO_CONTROL}"),
             Kind::Choice(names) => format!("one of: {}", names.join(", ")),
             Kind::Names { what, .. } => format!("comma-separated {what} names"),
         }
@@ -125,6 +127,7 @@ impl Setting {
             Kind::Path => "PATH",
             Kind::Directory => "DIR",
             Kind::Text => "TEXT",
+            Kind::Secret => "SECRET",
             Kind::Choice(_) => "NAME",
             Kind::Names { .. } => "LIST",
         }
@@ -173,15 +176,26 @@ impl Setting {
                     _ => "file path",
                 }
             )),
-            Kind::Path | Kind::Directory | Kind::Text if text.contains(char::is_control) => {
+            Kind::Path | Kind::Directory | Kind::Text | Kind::Secret
+                if text.contains(char::is_control) =>
+            {
                 Err(allowed())
             }
-            Kind::Path | Kind::Directory | Kind::Text => Ok(Value::from(text)),
+            Kind::Path | Kind::Directory | Kind::Text | Kind::Secret => Ok(Value::from(text)),
             Kind::Choice(names) => (names.iter())
                 .find(|&&name| name == text)
                 .map(|&name| Value::from(name))
                 .ok_or_else(allowed),
             Kind::Names { check, .. } => check(text).map(Value::from),
+        }
+    }
+
+    /// A value as `--check` prints it: a secret as `***` (empty when unset), anything else
+    /// as [`Setting::show`].
+    pub fn shown(&self, value: &Value) -> String {
+        match self.kind {
+            Kind::Secret if value.as_str().is_some_and(|s| !s.is_empty()) => "***".into(),
+            _ => Setting::show(value),
         }
     }
 
@@ -259,6 +273,8 @@ pub struct PluginConfig {
     pub values: Map<String, Value>,
     pub interval: Duration,
     pub format: Format,
+    /// The sources whose sections the snapshots carry, in order (canonical names).
+    pub sources: Vec<&'static str>,
 }
 
 impl PluginConfig {
@@ -316,6 +332,9 @@ mod tests {
             .unwrap_err()
             .contains("the path is empty"));
         assert!(parse(Kind::Choice(&["a", "b"]), "c").unwrap_err() == "one of: a, b");
+        let secret = setting(Kind::Secret);
+        assert_eq!(secret.shown(&secret.parse("hunter2").unwrap()), "***");
+        assert_eq!(secret.shown(&secret.parse("").unwrap()), "");
     }
 
     #[test]

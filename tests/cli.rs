@@ -122,7 +122,14 @@ fn bad_values_exit_2_and_name_key_value_and_what_is_allowed() {
         (&["--port", "abc"], &["port", "\"abc\"", "0 to 65535"]),
         (
             &["--sources", "cpu,bogus"],
-            &["sources", "\"bogus\"", "cpu, memory (mem), network (net)"],
+            &[
+                "sources",
+                "\"bogus\"",
+                "valid sources: ",
+                "cpu, ",
+                "memory (mem)",
+                "network (net)",
+            ],
         ),
         (
             &["--sinks", "kafka"],

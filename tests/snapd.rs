@@ -98,6 +98,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
         "port",
         "bind",
         "max-clients",
+        "mqtt",
     ] {
         assert!(args.contains(&key), "{key} not asked for: {args:?}");
     }
@@ -253,7 +254,7 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         ),
         (
             json!({"port": true}),
-            r#"port: invalid value "true" (from snap configuration): expected a string or a number"#,
+            r#"port: invalid value "true" (from snap configuration): a TCP port from 0 to 65535"#,
         ),
         (
             json!({"file": {"max-size": {"a": 1}}}),
@@ -266,7 +267,7 @@ fn invalid_snap_values_are_rejected_naming_key_and_value() {
         ),
         (
             json!({"test": {"greeting": ["a"]}}),
-            r#"test.greeting: invalid value "[\"a\"]" (from snap configuration): expected a string or a number: text without control characters"#,
+            r#"test.greeting: invalid value "[\"a\"]" (from snap configuration): expected a string, a number or a boolean: text without control characters"#,
         ),
         (
             json!({"test": {"colour": "blue"}}),

@@ -186,6 +186,160 @@ fn under_host_root_every_figure_comes_from_the_tree() {
     assert!(s["network"]["interfaces"].get("lxcbr0").is_some(), "{s}");
 }
 
+/// `cat path`'s output: the file as a standard tool shows it.
+fn cat(path: &str) -> String {
+    let out = run(Command::new("cat").arg(path));
+    assert!(out.status.success(), "cat {path}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A command's output, trimmed.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = run(Command::new(program).args(args));
+    assert!(out.status.success(), "{program} {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The numbers of `line` after `key=` or as whitespace-separated fields, for comparisons.
+fn numbers(text: &str) -> Vec<f64> {
+    text.split(|c: char| c.is_ascii_whitespace() || c == '=' || c == '/' || c == ',')
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+#[test]
+fn load_pressure_and_host_match_the_standard_tools_on_this_host() {
+    let psi = Path::new("/proc/pressure/cpu").exists();
+    let pressure =
+        || ["cpu", "memory", "io"].map(|r| psi.then(|| cat(&format!("/proc/pressure/{r}"))));
+    let pressure_before = pressure();
+    let before = (
+        cat("/proc/loadavg"),
+        cat("/proc/uptime"),
+        tool("uptime", &[]),
+    );
+    let s = once(
+        &mut pocketses(),
+        &["--format", "raw", "--sources", "load,pressure,host"],
+    );
+    let after = (
+        cat("/proc/loadavg"),
+        cat("/proc/uptime"),
+        tool("uptime", &[]),
+    );
+    let pressure_after = pressure();
+    let load = &s["load"];
+    // The kernel updates the averages every 5 s: the agent saw what cat saw before or after,
+    // and what uptime(1) prints with two decimals.
+    let ours = [&load["load1"], &load["load5"], &load["load15"]].map(|v| v.as_f64().unwrap());
+    let seen = |loadavg: &str| numbers(loadavg)[..3].to_vec();
+    assert!(
+        ours[..] == seen(&before.0)[..] || ours[..] == seen(&after.0)[..],
+        "{s} vs {before:?} {after:?}"
+    );
+    let from_uptime = |line: &str| numbers(line.rsplit("average:").next().unwrap());
+    assert!(
+        ours[..] == from_uptime(&before.2)[..] || ours[..] == from_uptime(&after.2)[..],
+        "{s} vs {before:?} {after:?}"
+    );
+    let up = load["uptime_seconds"].as_f64().unwrap();
+    assert!(
+        numbers(&before.1)[0] <= up && up <= numbers(&after.1)[0],
+        "{s}"
+    );
+    let btime = cat("/proc/stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ").map(|t| t.parse::<u64>().unwrap()))
+        .unwrap();
+    assert_eq!(load["boot_time_seconds"], btime, "{s}");
+    assert_eq!(s["host"]["boot_time_seconds"], btime, "{s}");
+    assert!(load["threads"].as_u64().unwrap() >= load["procs_running"].as_u64().unwrap());
+
+    let host = &s["host"];
+    assert_eq!(host["hostname"], tool("hostname", &[]), "{s}");
+    assert_eq!(host["kernel"], tool("uname", &["-r"]), "{s}");
+    assert_eq!(host["architecture"], tool("uname", &["-m"]), "{s}");
+    // os-release as a shell sources it, which is what it is written for.
+    let pretty = tool("sh", &["-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]);
+    assert_eq!(host["os_pretty_name"], pretty, "{s}");
+
+    if !psi {
+        assert!(s.get("pressure").is_none(), "{s}");
+        return;
+    }
+    // Stall totals only grow: each lies between what cat printed before and after.
+    for (r, resource) in ["cpu", "memory", "io"].into_iter().enumerate() {
+        let (first, last) = (pressure_before[r].as_deref(), pressure_after[r].as_deref());
+        let (first, last, agent) = (first.unwrap(), last.unwrap(), &s["pressure"][resource]);
+        for (i, line) in ["some", "full"].into_iter().enumerate() {
+            let Some(ours) = agent[line]["total_seconds"].as_f64() else {
+                continue;
+            };
+            let total = |text: &str| numbers(text.lines().nth(i).unwrap())[3] / 1e6;
+            assert!(
+                total(first) <= ours && ours <= total(last),
+                "{resource} {line}: {ours} not within {first:?} {last:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn under_host_root_load_pressure_and_host_come_from_the_tree() {
+    let tree = |case: &str| format!("{}/tests/fixtures/{case}", env!("CARGO_MANIFEST_DIR"));
+    let raw = |case: &str, source: &str| {
+        let root = tree(case);
+        once(
+            &mut pocketses(),
+            &["--format", "raw", "--sources", source, "--host-root", &root],
+        )
+    };
+    let s = raw("load/vm", "load");
+    assert_eq!(s["load"]["load1"], 2.47, "{s}");
+    assert_eq!(s["load"]["threads"], 131, "{s}");
+    let s = raw("pressure/vm", "psi");
+    assert_eq!(s["pressure"]["cpu"]["some"]["avg10_percent"], 21.56, "{s}");
+    // The snap's view: the host's os-release under snapd's hostfs, not the base snap's.
+    let s = raw("host/snap", "host");
+    assert_eq!(s["host"]["os_id"], "fedora", "{s}");
+    let s = raw("host/vm", "host");
+    assert_eq!(s["host"]["kernel"], "6.18.44-fc-v669", "{s}");
+    assert_eq!(s["host"]["cpu_model"], "Intel(R) Xeon(R) Processor", "{s}");
+}
+
+#[test]
+fn a_kernel_without_psi_is_told_once_and_the_section_is_absent() {
+    let scratch = common::Scratch::new();
+    let proc = scratch.path("proc");
+    std::fs::create_dir_all(&proc).unwrap();
+    std::fs::write(proc.join("loadavg"), "0.10 0.20 0.30 1/10 5\n").unwrap();
+    let root = scratch.dir().to_str().unwrap();
+    let agent = Agent::start(&[
+        "--sinks",
+        "stdout",
+        "--sources",
+        "pressure,load",
+        "--interval",
+        "0.1",
+        "--host-root",
+        root,
+    ]);
+    // Longer than the 10 s between repeats of an ordinary failure's warning.
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(10_500) {
+        let s = agent.snapshot_where("a load snapshot", |s| s.get("load").is_some());
+        assert!(s.get("pressure").is_none(), "{s}");
+    }
+    let told: Vec<_> = (agent.stderr.snapshot().into_iter())
+        .filter(|l| l.contains("left out"))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:#?}");
+    assert!(
+        told[0].contains("no pressure stall information") && told[0].contains("CONFIG_PSI"),
+        "{told:#?}"
+    );
+}
+
 /// The agent with `args` run once under `--host-root` `tests/fixtures/temperature/<case>`:
 /// its snapshot and its log.
 fn temperature_once(case: &str) -> (Value, String) {

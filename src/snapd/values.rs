@@ -44,6 +44,8 @@ fn apply_at(config: &mut Config, key: String, value: &Value, errors: &mut Vec<Co
         }
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
+        // `snap set pocketses mqtt.tls=true` stores a JSON boolean.
+        Value::Bool(b) => Ok(b.to_string()),
         Value::Array(items) if setting.is_some_and(|s| s.is_list()) => items
             .iter()
             .map(|item| item.as_str().ok_or(()))
@@ -65,7 +67,10 @@ fn wrong_shape(key: &str, value: &Value) -> ConfigError {
             "expected a comma-separated string or a JSON array of strings: {}",
             setting.allowed()
         ),
-        Some(setting) => format!("expected a string or a number: {}", setting.allowed()),
+        Some(setting) => format!(
+            "expected a string, a number or a boolean: {}",
+            setting.allowed()
+        ),
         None => config::unknown_key(),
     };
     ConfigError {
@@ -143,13 +148,13 @@ mod tests {
     #[test]
     fn wrong_shapes_and_unknown_keys_name_key_value_and_what_is_allowed() {
         let errors = apply_json(json!({
-            "interval": true, "format": null, "sources": [1, 2], "sinks": {"a": 1},
+            "interval": [true], "format": null, "sources": [1, 2], "sinks": {"a": 1},
             "intreval": 60, "host-root": {"x": 1}
         }))
         .unwrap_err();
         let all = errors.join("\n");
         for expected in [
-            r#"interval: invalid value "true" (from snap configuration): expected a string or a number: seconds"#,
+            r#"interval: invalid value "[true]" (from snap configuration): expected a string, a number or a boolean: seconds"#,
             r#"format: invalid value "null""#,
             r#"sources: invalid value "[1,2]" (from snap configuration): expected a comma-separated string or a JSON array of strings"#,
             r#"sinks: invalid value "{\"a\":1}""#,
@@ -199,7 +204,7 @@ mod tests {
                 .prop_map(|ms| (ms as f64 / 1000.0).to_string())
                 .boxed(),
             Kind::Path | Kind::Directory => "/[a-z]{1,8}/[a-z.]{1,8}".boxed(),
-            Kind::Text => "[a-z]([a-z ]{0,8}[a-z])?".boxed(),
+            Kind::Text | Kind::Secret => "[a-z]([a-z ]{0,8}[a-z])?".boxed(),
             Kind::Choice(names) => proptest::sample::select(names)
                 .prop_map(String::from)
                 .boxed(),
