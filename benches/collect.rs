@@ -13,22 +13,26 @@ use pocketses::pipeline::Collection;
 
 const ROUNDS: u32 = 20_000;
 
-/// CPU time of this thread, so other load on the machine does not count.
-fn thread_cpu() -> Duration {
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .unwrap()
-        .into()
+/// CPU time on `clock`: this thread's, so other load on the machine does not count, or the
+/// whole process's where a source hands work to a blocking thread.
+fn cpu(clock: ClockId) -> Duration {
+    clock_gettime(clock).unwrap().into()
 }
 
-/// Mean CPU time per call of `f`, best of three runs.
-fn per_call(mut f: impl FnMut()) -> Duration {
+/// Mean CPU time of this thread per call of `f`, best of three runs.
+fn per_call(f: impl FnMut()) -> Duration {
+    per_call_on(ClockId::CLOCK_THREAD_CPUTIME_ID, f)
+}
+
+/// Mean CPU time on `clock` per call of `f`, best of three runs.
+fn per_call_on(clock: ClockId, mut f: impl FnMut()) -> Duration {
     (0..3)
         .map(|_| {
-            let start = thread_cpu();
+            let start = cpu(clock);
             for _ in 0..ROUNDS {
                 f();
             }
-            (thread_cpu() - start) / ROUNDS
+            (cpu(clock) - start) / ROUNDS
         })
         .min()
         .unwrap()
@@ -134,6 +138,7 @@ fn main() {
         us(collection(&["host"], Format::Seed)),
         us(collection(&["host"], Format::Raw))
     );
+    issue11::main();
 }
 
 /// Reading `paths` once each, the least any source of them can cost.
@@ -147,4 +152,123 @@ fn floor_of(paths: &[&str]) -> Duration {
             }
         }
     })
+}
+
+/// temperature and agent next to the floor of just reading their files, and what the
+/// pipeline's own counters (src/stats.rs) cost per tick.
+mod issue11 {
+    use super::*;
+    use std::time::Instant;
+
+    const TEMPERATURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/temperature/hwmon"
+    );
+
+    fn alone(source: &'static str, host_root: &str) -> Duration {
+        let mut config = Config::default();
+        for (key, value) in [
+            ("sources", source),
+            ("interval", "1"),
+            ("host-root", host_root),
+        ] {
+            config.set(key, value, Origin::Flag).unwrap();
+        }
+        let mut c = Collection::new(&config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The process's clock: temperature reads on a blocking thread.
+        per_call_on(ClockId::CLOCK_PROCESS_CPUTIME_ID, || {
+            std::hint::black_box(runtime.block_on(c.collect()));
+        })
+    }
+
+    /// Listing the chips and zones under `root` and reading each sensor's files.
+    fn temperature_floor(root: &str) -> Duration {
+        let mut buf = String::new();
+        let mut read = |path: &std::path::Path| {
+            buf.clear();
+            if let Ok(mut f) = std::fs::File::open(path) {
+                let _ = f.read_to_string(&mut buf);
+            }
+        };
+        let root = std::path::Path::new(root);
+        let (hwmon, thermal) = (root.join("sys/class/hwmon"), root.join("sys/class/thermal"));
+        per_call(|| {
+            for chip in std::fs::read_dir(&hwmon).into_iter().flatten().flatten() {
+                let dir = chip.path();
+                read(&dir.join("name"));
+                for file in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = file.file_name();
+                    let name = name.to_string_lossy();
+                    if let Some(base) = name.strip_suffix("_input") {
+                        for suffix in ["_input", "_label", "_max", "_crit"] {
+                            read(&dir.join(format!("{base}{suffix}")));
+                        }
+                    }
+                }
+            }
+            // The source reads the zones only without hwmon sensors; the floor lists them.
+            std::hint::black_box(std::fs::read_dir(&thermal).map(Iterator::count).ok());
+        })
+    }
+
+    fn agent_floor() -> Duration {
+        let mut buf = String::new();
+        per_call(|| {
+            buf.clear();
+            std::fs::File::open("/proc/self/stat")
+                .unwrap()
+                .read_to_string(&mut buf)
+                .unwrap();
+            std::hint::black_box(std::fs::read_dir("/proc/self/fd").unwrap().count());
+        })
+    }
+
+    /// What the pipeline's counters add to one tick of the default sources and one sink:
+    /// a clock read before and after each source's call and its record, and a sink's drop
+    /// counter looked at.
+    fn counters_per_tick() -> Duration {
+        let sources = ["cpu", "memory", "network"].map(pocketses::stats::source);
+        let sink = pocketses::stats::sink("bench");
+        per_call(|| {
+            for stats in &sources {
+                let began = Instant::now();
+                stats.record(std::hint::black_box(began).elapsed());
+            }
+            std::hint::black_box(sink);
+        })
+    }
+
+    pub fn main() {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let side_by_side = |what: &str, floor: Duration, source: Duration| {
+            println!(
+                "  {what:<52} floor {:7.1} µs  source {:7.1} µs  = {:.2}x floor",
+                us(floor),
+                us(source),
+                source.as_secs_f64() / floor.as_secs_f64()
+            );
+        };
+        println!(
+            "temperature and agent (process CPU time), next to the floor of reading their files:"
+        );
+        side_by_side(
+            "temperature (fixture: 4 chips, 6 sensors, 1 error)",
+            temperature_floor(TEMPERATURE),
+            alone("temperature", TEMPERATURE),
+        );
+        side_by_side(
+            "temperature (this host: no sensors)",
+            temperature_floor("/"),
+            alone("temperature", "/"),
+        );
+        side_by_side("agent", agent_floor(), alone("agent", "/"));
+        println!(
+            "  the pipeline's counters, per tick of cpu,memory,network      {:7.3} µs",
+            us(counters_per_tick())
+        );
+    }
 }

@@ -236,6 +236,8 @@ impl Writer {
             match job {
                 Job::Append(json) => {
                     if let Err(e) = self.append(&json) {
+                        // Accepted from the pipeline but not written: dropped here.
+                        crate::stats::sink("file").dropped(1);
                         if let Some(held_back) = self.failures.allow(Instant::now()) {
                             warn!(sink = "file", held_back, "publish failed: {e:#}");
                         }

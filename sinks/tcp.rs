@@ -33,6 +33,7 @@ use crate::encode::Frame;
 use crate::logging::RateLimit;
 use crate::plugin::{Sink, SinkPlugin};
 use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
+use crate::stats;
 
 /// Lines a subscriber may have queued before it loses the oldest: its memory bound.
 const QUEUE: usize = 8;
@@ -166,6 +167,7 @@ impl TcpSink {
         let wanted = SocketAddr::new(config.settings.bind, config.settings.port);
         let listener = listen(wanted).with_context(|| format!("listening on {wanted}"))?;
         let hub = Arc::new(Hub::new(config, None));
+        stats::sink("tcp").counts_subscribers();
         Ok(TcpSink {
             bind: config.settings.bind,
             port: config.settings.port,
@@ -410,14 +412,17 @@ impl Slot {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(hub.clone()))
+            .ok()?;
+        // Counted for the agent source across hubs: a rebind's old hub keeps its subscribers.
+        stats::sink("tcp").subscriber(true);
+        Some(Slot(hub.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        stats::sink("tcp").subscriber(false);
     }
 }
 

@@ -21,6 +21,7 @@ pub mod quote;
 pub mod schedule;
 pub mod settings;
 pub mod snapd;
+pub mod stats;
 #[cfg(feature = "watch")]
 pub mod watch;
 

@@ -83,18 +83,21 @@ pub enum Unit {
     /// A share from 0 to 1 (not a percent).
     Ratio,
     Hertz,
+    /// Degrees Celsius (temperatures; Prometheus' base unit for them).
+    Celsius,
     /// A count of things (CPUs, packets, errors): no suffix.
     None,
 }
 
 impl Unit {
-    /// The name suffix: `seconds`, `bytes`, `ratio`, `hertz`, or empty.
+    /// The name suffix: `seconds`, `bytes`, `ratio`, `hertz`, `celsius`, or empty.
     pub fn as_str(self) -> &'static str {
         match self {
             Unit::Seconds => "seconds",
             Unit::Bytes => "bytes",
             Unit::Ratio => "ratio",
             Unit::Hertz => "hertz",
+            Unit::Celsius => "celsius",
             Unit::None => "",
         }
     }

@@ -41,6 +41,7 @@ use crate::model::Section;
 use crate::plugin::{self, SinkPlugin, Source, SourceContext, SourcePlugin, Unavailable};
 use crate::schedule::Ticker;
 use crate::settings::{Declared, PluginConfig};
+use crate::stats::{self, SourceStats};
 use serde_json::{Map, Value};
 
 /// Snapshots a sink may have queued before it starts losing the oldest.
@@ -87,6 +88,7 @@ struct Slot {
     skipped: u64,
     /// It said it is [`Unavailable`] and that was logged; cleared when it answers again.
     unavailable_told: bool,
+    stats: &'static SourceStats,
 }
 
 enum SlotState {
@@ -233,6 +235,7 @@ impl Slot {
             failures: RateLimit::default(),
             skipped: 0,
             unavailable_told: false,
+            stats: stats::source(name),
         })
     }
 
@@ -264,9 +267,13 @@ impl Slot {
             },
             SlotState::Collecting(_) => unreachable!("handled above"),
         };
+        let stats = self.stats;
         let mut call: Pin<Box<dyn Future<Output = Collected> + Send>> = Box::pin(async move {
             let mut source = source;
+            // Timed inside the call, so a call that outlives its tick is counted in full.
+            let began = Instant::now();
             let result = Contained(source.collect()).await;
+            stats.record(began.elapsed());
             (source, result)
         });
         // Polled once here: a source that does not wait (the inline /proc reads) answers at
@@ -460,6 +467,7 @@ async fn run_collector(
         let _ = frames.send(collection.collect().await);
         let skipped = ticker.advance(Instant::now());
         if skipped > 0 {
+            stats::set_ticks_skipped(ticker.skipped());
             if let Some(held_back) = late.allow(Instant::now()) {
                 warn!(
                     skipped,
@@ -511,6 +519,7 @@ impl SinkStarter {
         self.next_id += 1;
         let finished = self.finished.clone();
         let mut rx = self.frames.subscribe();
+        let counters = stats::sink(name);
         let (commands, mut command_rx) = tokio::sync::mpsc::channel::<SinkCommand>(1);
         let task = tokio::spawn(async move {
             let (mut failures, mut lagging) = (RateLimit::default(), RateLimit::default());
@@ -530,12 +539,14 @@ impl SinkStarter {
                     frame = rx.recv() => match frame {
                         Ok(frame) => {
                             if let Err(e) = sink.publish(&frame).await {
+                                counters.dropped(1);
                                 if let Some(held_back) = failures.allow(Instant::now()) {
                                     warn!(sink = name, held_back, "publish failed: {e:#}");
                                 }
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(lost)) => {
+                            counters.dropped(lost);
                             if let Some(held_back) = lagging.allow(Instant::now()) {
                                 warn!(sink = name, lost, held_back, "sink fell behind; dropped its oldest snapshots");
                             }

@@ -45,8 +45,9 @@ pub struct Unavailable(pub String);
 /// loses its own oldest snapshots and never delays another sink or the collection.
 #[async_trait]
 pub trait Sink: Send {
-    /// Delivers one encoded snapshot. An error is logged (rate-limited) by the pipeline and
-    /// the sink keeps receiving later snapshots.
+    /// Delivers one encoded snapshot. An error means this snapshot was not delivered: the
+    /// pipeline counts it as dropped ([`crate::stats`]), logs it (rate-limited), and the
+    /// sink keeps receiving later snapshots.
     async fn publish(&mut self, frame: &Frame) -> anyhow::Result<()>;
 
     /// Adopts a reloaded configuration in place. `Ok(false)` asks the pipeline to build a

@@ -125,7 +125,8 @@ fn bad_values_exit_2_and_name_key_value_and_what_is_allowed() {
             &[
                 "sources",
                 "\"bogus\"",
-                "valid sources: cpu, ",
+                "valid sources: ",
+                "cpu, ",
                 "memory (mem)",
                 "network (net)",
             ],

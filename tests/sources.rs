@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use common::{heavy, pocketses, run, Agent};
+use common::{heavy, pocketses, run, wait_for, Agent, Scratch, Subscriber};
 
 /// `--once` with `args`: the snapshot, after checking that the agent succeeded quietly.
 fn once(command: &mut Command, args: &[&str]) -> Value {
@@ -337,5 +337,256 @@ fn a_kernel_without_psi_is_told_once_and_the_section_is_absent() {
     assert!(
         told[0].contains("no pressure stall information") && told[0].contains("CONFIG_PSI"),
         "{told:#?}"
+    );
+}
+
+/// The agent with `args` run once under `--host-root` `tests/fixtures/temperature/<case>`:
+/// its snapshot and its log.
+fn temperature_once(case: &str) -> (Value, String) {
+    let root = format!(
+        "{}/tests/fixtures/temperature/{case}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = run(pocketses().args([
+        "--no-snap",
+        "--once",
+        "--sources",
+        "temp",
+        "--format",
+        "raw",
+        "--host-root",
+        &root,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (
+        serde_json::from_slice(&out.stdout).expect("one snapshot"),
+        stderr,
+    )
+}
+
+#[test]
+fn temperature_reads_hwmon_chips_under_host_root_and_skips_a_failed_sensor() {
+    let (s, log) = temperature_once("hwmon");
+    let sensors = s["temperature"].as_array().expect("a list");
+    let listed: Vec<String> = (sensors.iter())
+        .map(|t| format!("{} {} {}", t["device"], t["sensor"], t["celsius"]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            r#""hwmon0" "temp1" 27.8"#,
+            r#""hwmon1" "temp1" 45.0"#,
+            r#""hwmon1" "temp2" 43.0"#,
+            r#""hwmon1" "temp10" 41.0"#,
+            r#""hwmon2" "temp1" 38.85"#,
+            r#""hwmon2" "temp2" -4.5"#,
+        ],
+        "{s}"
+    );
+    assert_eq!(
+        sensors[1],
+        json!({"device": "hwmon1", "chip": "coretemp", "sensor": "temp1", "label": "Package id 0",
+               "celsius": 45.0, "high_celsius": 80.0, "critical_celsius": 100.0})
+    );
+    // The sensor that cannot be read is named in one warning; the others are published.
+    assert!(
+        log.contains("sensors left out") && log.contains("hwmon1/temp3_input"),
+        "{log}"
+    );
+}
+
+#[test]
+fn temperature_falls_back_to_thermal_zones_and_no_sensors_is_an_empty_list() {
+    let (s, log) = temperature_once("thermal");
+    assert_eq!(
+        s["temperature"],
+        json!([
+            {"device": "thermal_zone0", "chip": "acpitz", "sensor": "temp", "label": "",
+             "celsius": 27.8, "high_celsius": 90.0, "critical_celsius": 105.0},
+            {"device": "thermal_zone1", "chip": "x86_pkg_temp", "sensor": "temp", "label": "",
+             "celsius": 52.0, "critical_celsius": 100.0},
+        ]),
+        "{log}"
+    );
+    let (s, log) = temperature_once("none");
+    assert_eq!(s["temperature"], json!([]), "{log}");
+    assert!(log.is_empty(), "{log}");
+}
+
+/// The readable `temp*_input` files of `/sys/class/hwmon` on this host, else its readable
+/// thermal zones: what the source should list here, counted independently.
+fn live_sensor_count() -> usize {
+    let readable = |class: &str, wanted: fn(&str) -> bool| {
+        let devices = std::fs::read_dir(class).into_iter().flatten().flatten();
+        (devices.flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten()))
+            .filter(|f| wanted(&f.file_name().to_string_lossy()))
+            .filter(|f| std::fs::read_to_string(f.path()).is_ok())
+            .count()
+    };
+    match readable("/sys/class/hwmon", |n| {
+        n.starts_with("temp") && n.ends_with("_input")
+    }) {
+        0 => readable("/sys/class/thermal", |n| n == "temp"),
+        n => n,
+    }
+}
+
+#[test]
+fn temperature_on_this_host_lists_every_readable_sensor() {
+    let s = once(&mut pocketses(), &["--sources", "temp", "--format", "raw"]);
+    let sensors = s["temperature"]
+        .as_array()
+        .expect("a list, empty without sensors");
+    assert_eq!(sensors.len(), live_sensor_count(), "{s}");
+    let seed = once(&mut pocketses(), &["--sources", "temp"]);
+    assert_eq!(
+        seed["temperature"].as_array().map(Vec::len),
+        Some(sensors.len())
+    );
+}
+
+/// `Threads` and `VmRSS` (KiB) of process `pid`, and its open descriptors.
+fn process_figures(pid: i32) -> (u64, u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (field("Threads:"), field("VmRSS:"), fds)
+}
+
+#[test]
+fn agent_reports_its_own_rss_descriptors_and_the_subscribers_connected() {
+    let agent = Agent::start(&[
+        "--sources",
+        "cpu,agent",
+        "--format",
+        "raw",
+        "--interval",
+        "0.1",
+        "--port",
+        "0",
+        "--sinks",
+        "tcp,stdout",
+    ]);
+    // Before anyone subscribes, stdout shows the tcp sink with none.
+    agent.snapshot_where("a tcp sink with 0 subscribers", |s| {
+        s["agent"]["sinks"]["tcp"]["subscribers"] == 0
+    });
+    let mut first = Subscriber::connect(agent.address());
+    let section = |sub: &mut Subscriber| -> Value {
+        let s: Value = serde_json::from_str(&sub.snapshot()).unwrap();
+        s["agent"].clone()
+    };
+    let with_subscribers = |sub: &mut Subscriber, n: u64| -> Value {
+        wait_for(&format!("{n} subscribers in the agent section"), || {
+            let a = section(sub);
+            (a["sinks"]["tcp"]["subscribers"] == n).then_some(a)
+        })
+    };
+    let a = with_subscribers(&mut first, 1);
+    let (threads, rss_kib, fds) = process_figures(agent.pid());
+    // The agent idles between snapshots: what it saw of itself is what /proc shows now,
+    // within what one tick allocates.
+    let rss = a["rss_bytes"].as_u64().unwrap();
+    let status_rss = rss_kib * 1024;
+    assert!(
+        rss.abs_diff(status_rss) <= (status_rss / 4).max(2 << 20),
+        "{a} vs VmRSS {rss_kib} KiB"
+    );
+    assert!(
+        a["threads"].as_u64().unwrap().abs_diff(threads) <= 2,
+        "{a} vs {threads} threads"
+    );
+    assert!(
+        a["open_fds"].as_u64().unwrap().abs_diff(fds as u64) <= 2,
+        "{a} vs {fds} fds"
+    );
+    assert!(a["cpu_seconds_total"].as_f64().unwrap() >= 0.0, "{a}");
+    let cpu = &a["sources"]["cpu"];
+    assert!(cpu["collections_total"].as_u64() > Some(0), "{a}");
+    assert!(cpu["last_collect_seconds"].as_f64() > Some(0.0), "{a}");
+    assert_eq!(a["sinks"]["tcp"]["dropped_snapshots_total"], 0, "{a}");
+    // A second subscriber is counted, and no longer once it has gone.
+    let second = Subscriber::connect(agent.address());
+    with_subscribers(&mut first, 2);
+    drop(second);
+    with_subscribers(&mut first, 1);
+}
+
+#[test]
+fn agent_counts_the_snapshots_a_sink_drops() {
+    let _heavy = heavy();
+    // Nobody reads the agent's stdout: once the pipe is full the stdout sink drops.
+    let mut child = Agent::command(&[
+        "--sources",
+        "agent",
+        "--sinks",
+        "stdout,tcp",
+        "--format",
+        "raw",
+        "--interval",
+        "0.01",
+        "--port",
+        "0",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = child.stdout.take();
+    let mut agent = Agent::from_child(child);
+    let mut sub = Subscriber::connect(agent.address());
+    let dropped = wait_for("stdout's dropped snapshots in the agent section", || {
+        let s: Value = serde_json::from_str(&sub.snapshot()).unwrap();
+        let n = s["agent"]["sinks"]["stdout"]["dropped_snapshots_total"].as_u64()?;
+        (n > 0).then_some(n)
+    });
+    assert!(dropped > 0);
+    assert!(agent.is_running());
+    drop(stdout);
+}
+
+#[test]
+fn temperature_denied_is_left_out_naming_the_interface_not_an_empty_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let class = scratch.path("sys/class/hwmon");
+    std::fs::create_dir_all(class.join("hwmon0")).unwrap();
+    std::fs::write(class.join("hwmon0/temp1_input"), "41000\n").unwrap();
+    let chmod = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(scratch.dir(), 0o755);
+    chmod(&class, 0o000);
+    // Root reads past file modes: the agent runs as nobody, denied as an unconnected
+    // interface denies it in the snap.
+    let mut command = pocketses();
+    if nix::unistd::geteuid().is_root() {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            chmod(&class, 0o755);
+            return common::skip("as root, needs setpriv to run the agent as nobody");
+        }
+        command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(env!("CARGO_BIN_EXE_pocketses"));
+    }
+    let out = run(command
+        .args(["--no-snap", "--once", "--sources", "temp", "--host-root"])
+        .arg(scratch.dir()));
+    chmod(&class, 0o755);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s.get("temperature").is_none(), "{s}");
+    assert!(
+        stderr.contains("Permission denied")
+            && stderr.contains("snap connect pocketses:hardware-observe"),
+        "{stderr}"
     );
 }
