@@ -352,6 +352,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Connections that have ended give their place back first.
+                    while connections.try_join_next().is_some() {}
                     if connections.len() >= shared.max_connections.load(Ordering::Relaxed) {
                         // One try, never a wait: a full buffer just gets the close.
                         let _ = stream.try_write(BUSY);
@@ -667,10 +669,11 @@ fn metrics(sections: &Sections, timestamp: SystemTime, names: Names) -> String {
             }
         }
     }
-    let seconds = timestamp
+    // Milliseconds, cut as the JSON's timestamp is, so the two read the same.
+    let millis = timestamp
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs_f64();
+        .as_millis();
     let stamp = ("pocketses_", "last_snapshot_timestamp_seconds");
     header(
         &mut out,
@@ -681,7 +684,7 @@ fn metrics(sections: &Sections, timestamp: SystemTime, names: Names) -> String {
     out.push_str(stamp.0);
     out.push_str(stamp.1);
     out.push(' ');
-    push_value(&mut out, (seconds * 1000.0).round() / 1000.0);
+    push_value(&mut out, millis as f64 / 1000.0);
     out.push('\n');
     out
 }

@@ -106,7 +106,7 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
 /// `/metrics` once a snapshot exists.
 fn metrics(addr: SocketAddr) -> String {
     wait_for("a snapshot on /metrics", || {
-        let reply = get(addr, "/metrics");
+        let reply = try_request(addr, "GET", "/metrics", "").ok()?;
         (reply.status == 200).then(|| reply.text())
     })
 }
@@ -631,4 +631,318 @@ fn a_real_prometheus_scrapes_the_values_of_the_snapshot() {
     let target = &targets["data"]["activeTargets"][0];
     assert_eq!(target["health"], "up", "{target}");
     assert_eq!(target["lastError"], "", "{target}");
+}
+
+/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// fd 3 in, fd 4 out, NUL-separated JSON), so the test sees console errors and can read the
+/// page's DOM while its event stream stays open. Killed on drop.
+struct Chromium {
+    child: Child,
+    to: std::fs::File,
+    from: std::sync::mpsc::Receiver<serde_json::Value>,
+    next_id: u64,
+    session: String,
+    /// Protocol events seen so far (console calls, exceptions, log entries).
+    events: Vec<serde_json::Value>,
+    _profile: Scratch,
+}
+
+impl Chromium {
+    /// A headless browser with one blank page, console and log reporting on; `None` (a
+    /// skip) without chromium.
+    fn start(width: u32, height: u32) -> Option<Chromium> {
+        let found = Command::new("chromium").arg("--version").output().is_ok();
+        if !found {
+            skip("chromium is not installed (Debian package chromium)");
+            return None;
+        }
+        use nix::fcntl::OFlag;
+        use std::os::unix::process::CommandExt;
+        let (child_in, to) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (from, child_out) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let profile = Scratch::new();
+        let mut command = Command::new("chromium");
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--window-size={width},{height}"))
+            .arg(format!("--user-data-dir={}", profile.dir().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; the two descriptors stay open in the parent
+        // until spawn returns.
+        unsafe {
+            let (child_in, child_out) = (
+                child_in.try_clone().unwrap(),
+                child_out.try_clone().unwrap(),
+            );
+            command.pre_exec(move || {
+                std::mem::forget(nix::unistd::dup2_raw(&child_in, 3)?);
+                std::mem::forget(nix::unistd::dup2_raw(&child_out, 4)?);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        drop((child_in, child_out));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut reader = io::BufReader::new(std::fs::File::from(from));
+        std::thread::spawn(move || loop {
+            let mut message = Vec::new();
+            match io::BufRead::read_until(&mut reader, 0, &mut message) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    message.pop();
+                    if tx.send(serde_json::from_slice(&message).unwrap()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut browser = Chromium {
+            child,
+            to: std::fs::File::from(to),
+            from: rx,
+            next_id: 0,
+            session: String::new(),
+            events: Vec::new(),
+            _profile: profile,
+        };
+        let targets = browser.call("Target.getTargets", serde_json::json!({}));
+        let page = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("a page target")["targetId"]
+            .clone();
+        let attached = browser.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": page, "flatten": true}),
+        );
+        browser.session = attached["sessionId"].as_str().unwrap().to_string();
+        for domain in ["Runtime", "Log", "Page"] {
+            browser.call(&format!("{domain}.enable"), serde_json::json!({}));
+        }
+        Some(browser)
+    }
+
+    /// Sends a command (to the page once attached) and waits for its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            message["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        loop {
+            let answer = self.from.recv_timeout(PATIENCE).expect("chromium answers");
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+            self.events.push(answer);
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// The page's text of the element with `id`.
+    fn text(&mut self, id: &str) -> String {
+        let value = self.eval(&format!("document.getElementById('{id}').textContent"));
+        value.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Console errors, uncaught exceptions and error log entries so far.
+    fn errors(&mut self) -> Vec<String> {
+        self.eval("0");
+        self.events
+            .iter()
+            .filter(|e| {
+                e["method"] == "Runtime.exceptionThrown"
+                    || (e["method"] == "Runtime.consoleAPICalled" && e["params"]["type"] == "error")
+                    || (e["method"] == "Log.entryAdded" && e["params"]["entry"]["level"] == "error")
+            })
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    /// A PNG of the page as a 1100×430 desktop window shows it.
+    fn screenshot(&mut self, path: &std::path::Path) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({"width": 1100, "height": 430, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        std::fs::write(path, base64(shot["data"].as_str().unwrap())).unwrap();
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 with padding, as the DevTools protocol sends binary data.
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    digits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+            let bytes = n.to_be_bytes();
+            bytes[1..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_shows_the_snapshot_updates_and_says_when_the_agent_is_gone() {
+    let Some(mut browser) = Chromium::start(1100, 430) else {
+        return;
+    };
+    let mut agent = Agent::start(&[
+        "--sinks",
+        "tcp,http",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--interval",
+        "0.5",
+    ]);
+    let http = http_address(&agent);
+    // Every snapshot the agent sends, to find the one the page shows.
+    let mut subscriber = Subscriber::connect(agent.address());
+    let lines = common::Lines::default();
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        while let Some(line) = subscriber.line() {
+            collected.push(line);
+        }
+    });
+    browser.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("http://{http}/")}),
+    );
+    let first = wait_for("the page's first update", || {
+        let updates: u64 = browser.text("updates").parse().ok()?;
+        (updates >= 1).then(|| browser.text("timestamp"))
+    });
+    wait_for("the page to update again", || {
+        let updates: u64 = browser.text("updates").parse().ok()?;
+        (updates >= 3 && browser.text("timestamp") != first).then_some(())
+    });
+    assert_eq!(browser.text("status"), "live");
+    // The numbers on the page are those of the snapshot it shows.
+    let (shown, values) = wait_for("a consistent reading of the page", || {
+        let values = browser.eval(
+            "[...['timestamp','cpu-overall','mem-used','mem-total','swap-total','net-rx','net-tx']]\
+             .map(id => document.getElementById(id).textContent)",
+        );
+        let values: Vec<String> = serde_json::from_value(values).ok()?;
+        let line = lines.find(&format!("\"timestamp\":\"{}\"", values[0]))?;
+        Some((
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            values,
+        ))
+    });
+    let expected = [
+        shown["timestamp"].as_str().unwrap().to_string(),
+        format!(
+            "{:.1}",
+            shown["cpu"]["utilization"]["overall"].as_f64().unwrap()
+        ),
+        shown["memory"]["virtual"]["used"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('%')
+            .to_string(),
+        shown["memory"]["virtual"]["total"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        shown["memory"]["swap"]["total"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        shown["network"]["traffic"]["recv"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        shown["network"]["traffic"]["sent"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    assert_eq!(values, expected);
+    // Rates need two snapshots and /metrics: they are shown by now.
+    wait_for("network rates", || {
+        browser.text("net-rx-rate").ends_with("/s").then_some(())
+    });
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    // Readable on a phone: nothing wider than a 360 px screen.
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 360, "height": 740, "deviceScaleFactor": 2, "mobile": true}),
+    );
+    let width = wait_for("the phone-width layout", || {
+        let width = browser
+            .eval("document.documentElement.scrollWidth")
+            .as_u64()?;
+        (width <= 360).then_some(width)
+    });
+    assert!(width <= 360);
+    browser.call(
+        "Emulation.clearDeviceMetricsOverride",
+        serde_json::json!({}),
+    );
+    if let Ok(path) = std::env::var("POCKETSES_SCREENSHOT") {
+        // Some history in the charts first.
+        std::thread::sleep(Duration::from_secs(6));
+        browser.screenshot(std::path::Path::new(&path));
+    }
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    wait_for("the page to say it is disconnected", || {
+        let banner = browser.eval("document.getElementById('banner').hidden");
+        (browser.text("status") == "disconnected" && banner == false).then_some(())
+    });
 }

@@ -72,19 +72,27 @@ function draw(id, lines, max) {
   const g = canvas.getContext("2d");
   g.scale(ratio, ratio);
   g.clearRect(0, 0, w, h);
-  const now = Date.now();
-  const top = max || Math.max(1, ...lines.flatMap((l) => l.data.map((p) => p[1])));
+  // The newest point at the right edge; the width spans what is kept (10 s to 5 min).
+  const all = lines.flatMap((l) => l.data);
+  if (!all.length) return;
+  const newest = Math.max(...all.map((p) => p[0]));
+  const span = Math.min(HISTORY_MS, Math.max(10000, newest - Math.min(...all.map((p) => p[0]))));
+  const top = max || Math.max(1, ...all.map((p) => p[1])) * 1.1;
   for (const line of lines) {
     if (line.data.length < 1) continue;
+    const points = line.data.map(([t, v]) => [w - ((newest - t) / span) * w, h - 1 - (v / top) * (h - 3)]);
     g.beginPath();
-    line.data.forEach(([t, v], i) => {
-      const x = w - ((now - t) / HISTORY_MS) * w;
-      const y = h - 2 - (v / top) * (h - 4);
-      i ? g.lineTo(x, y) : g.moveTo(x, y);
-    });
+    points.forEach(([x, y], i) => (i ? g.lineTo(x, y) : g.moveTo(x, y)));
     g.strokeStyle = line.color;
     g.lineWidth = 1.5;
     g.stroke();
+    g.lineTo(points[points.length - 1][0], h);
+    g.lineTo(points[0][0], h);
+    g.closePath();
+    g.globalAlpha = 0.15;
+    g.fillStyle = line.color;
+    g.fill();
+    g.globalAlpha = 1;
   }
 }
 
