@@ -86,7 +86,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(
         body,
-        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "port", "bind", "max-clients", "test"]})
+        json!({"context-id": COOKIE, "args": ["get", "-d", "sources", "sinks", "interval", "format", "host-root", "file", "http", "port", "bind", "max-clients", "test"]})
     );
 }
 
