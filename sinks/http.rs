@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -209,6 +209,7 @@ struct HttpSink {
     acceptor: Acceptor,
     /// The latest frame, to encode `/metrics` again at once when `http.names` changes.
     last: Option<Frame>,
+    gzip: Gzip,
 }
 
 impl HttpSink {
@@ -227,18 +228,13 @@ impl HttpSink {
             acceptor: Acceptor::start(listener, shared.clone())?,
             shared,
             last: None,
+            gzip: Gzip::new(),
         })
     }
 
-    fn encode(&self, frame: &Frame) {
+    fn encode(&mut self, frame: &Frame) {
         let metrics = Bytes::from(metrics(&frame.sections, frame.timestamp, self.names));
-        let mut gzip = flate2::write::GzEncoder::new(
-            Vec::with_capacity(metrics.len() / 4),
-            flate2::Compression::fast(),
-        );
-        gzip.write_all(&metrics)
-            .expect("writing to a Vec cannot fail");
-        let metrics_gzip = Bytes::from(gzip.finish().expect("writing to a Vec cannot fail"));
+        let metrics_gzip = Bytes::from(self.gzip.compress(&metrics));
         let mut event = Vec::with_capacity(frame.json.len() + 8);
         event.extend_from_slice(b"data: ");
         event.extend_from_slice(&frame.json);
@@ -293,8 +289,8 @@ impl Sink for HttpSink {
         self.shared.adopt(&wanted);
         if wanted.settings.names != self.names {
             self.names = wanted.settings.names;
-            if let Some(frame) = &self.last {
-                self.encode(frame);
+            if let Some(frame) = self.last.clone() {
+                self.encode(&frame);
             }
         }
         Ok(true)
@@ -302,6 +298,42 @@ impl Sink for HttpSink {
 
     async fn close(&mut self) {
         self.acceptor.stop().await;
+    }
+}
+
+/// gzip (RFC 1952) with one deflate state kept from snapshot to snapshot: a fresh one per
+/// snapshot (`GzEncoder::new`) allocates and zeroes its tables, which cost more than
+/// compressing a few KiB of text.
+struct Gzip(flate2::Compress);
+
+impl Gzip {
+    fn new() -> Gzip {
+        Gzip(flate2::Compress::new(flate2::Compression::fast(), false))
+    }
+
+    fn compress(&mut self, data: &[u8]) -> Vec<u8> {
+        // Magic, deflate, no flags, no time, no extra flags, unknown OS.
+        const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        let mut out = Vec::with_capacity(HEADER.len() + data.len() / 3 + 64);
+        out.extend_from_slice(&HEADER);
+        self.0.reset();
+        loop {
+            let done = self.0.total_in() as usize;
+            let status = self
+                .0
+                .compress_vec(&data[done..], &mut out, flate2::FlushCompress::Finish)
+                .expect("deflating into a Vec cannot fail");
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            // Out of room: compress_vec writes only into spare capacity.
+            out.reserve(data.len() / 2 + 64);
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
     }
 }
 
@@ -830,6 +862,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\npocketses_test_ratio +Inf\n"), "{text}");
+    }
+
+    #[test]
+    fn gzip_reads_back_and_its_state_is_reused() {
+        use std::io::Read;
+        // Text, nothing, and noise that does not compress (so the output outgrows its
+        // first allocation).
+        let mut seed = 1u32;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 24) as u8
+            })
+            .collect();
+        let mut gzip = Gzip::new();
+        for data in [render(Names::Pocketses).into_bytes(), Vec::new(), noise] {
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&gzip.compress(&data)[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data);
+        }
     }
 
     #[test]
