@@ -6,8 +6,8 @@
 //! snapshot), `/healthz`, and `/` (a live page from `/events`, embedded, no other host).
 //!
 //! Everything a client gets is encoded once per snapshot, in [`HttpSink::publish`] on the
-//! pipeline's task, into shared bytes (`/metrics` also gzipped once): a scrape costs a header
-//! parse and a write, whatever the number of scrapers.
+//! pipeline's task, into shared bytes (`/metrics` gzipped once too, by the first scrape that
+//! asks): a scrape costs a header parse and a write, whatever the number of scrapers.
 //!
 //! Hostile clients cost only themselves: a request head must arrive within
 //! [`HEADER_TIMEOUT`] and fit in [`HEADER_LIMIT`] (a kept-alive connection idle that long is
@@ -21,7 +21,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -174,7 +174,10 @@ struct Encoded {
     /// `data: <json>\n\n`.
     event: Bytes,
     metrics: Bytes,
-    metrics_gzip: Bytes,
+    /// Made by the first scrape that asks for gzip, then served to every other: the
+    /// compression costs about as much as the rest of the encoding, and many snapshots
+    /// (a short interval, no scraper) are never scraped.
+    metrics_gzip: OnceLock<Bytes>,
     /// When it was published, for `/healthz`.
     at: Instant,
 }
@@ -185,6 +188,8 @@ type Latest = Option<Arc<Encoded>>;
 /// What the sink, the acceptor and every connection share.
 struct Shared {
     latest: watch::Sender<Latest>,
+    /// One deflate state for every snapshot's gzip.
+    gzip: Mutex<Gzip>,
     max_connections: AtomicUsize,
     stall_ms: AtomicU64,
     healthy_ms: AtomicU64,
@@ -209,13 +214,13 @@ struct HttpSink {
     acceptor: Acceptor,
     /// The latest frame, to encode `/metrics` again at once when `http.names` changes.
     last: Option<Frame>,
-    gzip: Gzip,
 }
 
 impl HttpSink {
     async fn start(wanted: Wanted) -> anyhow::Result<HttpSink> {
         let shared = Arc::new(Shared {
             latest: watch::channel(None).0,
+            gzip: Mutex::new(Gzip::new()),
             max_connections: AtomicUsize::new(0),
             stall_ms: AtomicU64::new(0),
             healthy_ms: AtomicU64::new(0),
@@ -228,13 +233,11 @@ impl HttpSink {
             acceptor: Acceptor::start(listener, shared.clone())?,
             shared,
             last: None,
-            gzip: Gzip::new(),
         })
     }
 
-    fn encode(&mut self, frame: &Frame) {
+    fn encode(&self, frame: &Frame) {
         let metrics = Bytes::from(metrics(&frame.sections, frame.timestamp, self.names));
-        let metrics_gzip = Bytes::from(self.gzip.compress(&metrics));
         let mut event = Vec::with_capacity(frame.json.len() + 8);
         event.extend_from_slice(b"data: ");
         event.extend_from_slice(&frame.json);
@@ -243,7 +246,7 @@ impl HttpSink {
             json: frame.json.clone(),
             event: event.into(),
             metrics,
-            metrics_gzip,
+            metrics_gzip: OnceLock::new(),
             at: Instant::now(),
         })));
     }
@@ -289,8 +292,8 @@ impl Sink for HttpSink {
         self.shared.adopt(&wanted);
         if wanted.settings.names != self.names {
             self.names = wanted.settings.names;
-            if let Some(frame) = self.last.clone() {
-                self.encode(&frame);
+            if let Some(frame) = &self.last {
+                self.encode(frame);
             }
         }
         Ok(true)
@@ -476,10 +479,12 @@ fn respond(request: &Request<hyper::body::Incoming>, shared: &Shared) -> Reply {
         }
         ("/metrics", Some(latest)) => {
             let gzip = accepts_gzip(request);
-            let body = if gzip {
-                &latest.metrics_gzip
-            } else {
-                &latest.metrics
+            let body = match gzip {
+                true => latest.metrics_gzip.get_or_init(|| {
+                    let mut gzip = shared.gzip.lock().unwrap_or_else(|p| p.into_inner());
+                    Bytes::from(gzip.compress(&latest.metrics))
+                }),
+                false => &latest.metrics,
             };
             let mut response = full(StatusCode::OK, METRICS_TYPE, body.clone());
             let headers = response.headers_mut();
