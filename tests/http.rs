@@ -946,3 +946,38 @@ fn the_page_shows_the_snapshot_updates_and_says_when_the_agent_is_gone() {
         (browser.text("status") == "disconnected" && banner == false).then_some(())
     });
 }
+
+#[test]
+fn a_reload_keeps_the_event_streams_and_the_address() {
+    let (agent, addr) = agent("0.2", &[]);
+    let mut events = TcpStream::connect(addr).unwrap();
+    events.set_read_timeout(Some(PATIENCE)).unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = io::BufReader::new(events);
+    let mut next_event = || loop {
+        let mut line = String::new();
+        io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert!(!line.is_empty(), "the event stream ended");
+        if let Some(json) = line.strip_prefix("data: ") {
+            return json.to_string();
+        }
+    };
+    next_event();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_log("reload");
+    let before = next_event();
+    let after = next_event();
+    assert_ne!(before, after);
+    assert!(!metrics(addr).is_empty());
+    assert_eq!(
+        agent
+            .stderr
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains("http sink serving"))
+            .count(),
+        1
+    );
+}
