@@ -26,6 +26,7 @@ bench:
 	cargo bench --bench collect
 	cargo bench --bench tick
 	cargo bench --bench publisher
+	cargo bench --bench http
 
 # The http sink's live page in headless Chromium, as docs/screenshot.png (the page test of
 # tests/http.rs, which also checks what the page shows).
