@@ -2,6 +2,9 @@
 //! sockets that misbehave.
 
 mod common;
+// Only the snapd stand-in of it, for settings changed on reload.
+#[allow(dead_code)]
+mod snapd_support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -979,5 +982,61 @@ fn a_reload_keeps_the_event_streams_and_the_address() {
             .filter(|l| l.contains("http sink serving"))
             .count(),
         1
+    );
+}
+
+/// Settings changed through snap configuration and SIGHUP are adopted in place: new names at
+/// once (the latest snapshot encoded again), a new address listened on, the old one closed.
+#[test]
+fn a_reload_adopts_new_names_at_once_and_moves_to_a_new_address() {
+    let dir = Scratch::new();
+    let cookie = "TESTCOOKIE";
+    let fake = snapd_support::fake::FakeSnapd::start(
+        dir.dir(),
+        serde_json::json!({"http": {"names": "pocketses"}}),
+        cookie,
+    );
+    let mut command = Agent::command(&["--sinks", "http", "--http-port", "0", "--interval", "60"]);
+    command
+        .arg("--snap")
+        .env("POCKETSES_SNAP_SOCKET", &fake.snap_socket)
+        .env("POCKETSES_SNAPD_SOCKET", &fake.snapd_socket)
+        .env("SNAP_COOKIE", cookie)
+        .env("SNAP_INSTANCE_NAME", "pocketses");
+    let agent = Agent::spawn(&mut command);
+    let addr = http_address(&agent);
+    assert!(metrics(addr).contains("\npocketses_memory_total_bytes "));
+    let mut kept = TcpStream::connect(addr).unwrap();
+    scrape_on(&mut kept);
+
+    fake.set_config(serde_json::json!({"http": {"names": "node"}}));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.next_log("configuration reloaded");
+    // Within the 60 s interval: the snapshot already taken, under its new names.
+    let (reply, _) = scrape_on(&mut kept);
+    assert!(String::from_utf8(reply.body)
+        .unwrap()
+        .contains("\nnode_memory_MemTotal_bytes "));
+
+    fake.set_config(serde_json::json!({"http": {"names": "node", "bind": "127.0.0.2"}}));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = agent.next_log("http sink serving http://127.0.0.2:");
+    let moved: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(metrics(moved).contains("\nnode_memory_MemTotal_bytes "));
+    assert!(
+        closed_by_agent(&mut kept),
+        "a connection to the old address stayed open"
+    );
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the old address still accepts"
     );
 }
