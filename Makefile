@@ -4,7 +4,7 @@
 #                                          (and fail instead under CI=true)
 # Snap: make snap (needs snapcraft with LXD or Multipass), then make install-snap.
 # Without snapd: make install PREFIX=/usr/local (the binary and a systemd unit; DESTDIR too).
-.PHONY: run test lint bench soak fuzz snap man install uninstall install-snap check-snap
+.PHONY: run test lint bench soak fuzz snap man install uninstall install-snap check-snap screenshot
 
 # snap needs root; use sudo only when not root already (CI and containers have no sudo).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -26,6 +26,13 @@ bench:
 	cargo bench --bench collect
 	cargo bench --bench tick
 	cargo bench --bench publisher
+	cargo bench --bench http
+
+# The http sink's live page in headless Chromium, as docs/screenshot.png (the page test of
+# tests/http.rs, which also checks what the page shows).
+screenshot:
+	POCKETSES_SCREENSHOT=$(CURDIR)/docs/screenshot.png cargo test --test http -- --exact \
+		the_page_shows_the_snapshot_updates_and_says_when_the_agent_is_gone
 
 # Ten minutes at 100 snapshots/s with subscriber churn, a flooder, a stalled reader and
 # rotation; prints RSS and open descriptors over time. SOAK_SECONDS=60 for a short run.

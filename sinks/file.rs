@@ -611,6 +611,7 @@ mod tests {
             seq: 0,
             timestamp: SystemTime::now(),
             json: json.clone(),
+            sections: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

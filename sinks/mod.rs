@@ -1,6 +1,7 @@
 //! Snapshot sinks, one file each. Each registers itself with `inventory::submit!`.
 
 mod file;
+mod http;
 mod mqtt;
 mod stdout;
 mod tcp;

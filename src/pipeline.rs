@@ -172,6 +172,7 @@ impl Collection {
         let deadline = tokio::time::Instant::now() + self.deadline;
         let calls: Vec<Call> = self.slots.iter_mut().map(Slot::start).collect();
         let mut json = self.encoder.begin(timestamp, self.format);
+        let mut sections = Vec::with_capacity(self.slots.len());
         for (slot, call) in self.slots.iter_mut().zip(calls) {
             let left_out = match slot.finish(call, deadline).await {
                 Outcome::Unavailable(why) => {
@@ -183,7 +184,10 @@ impl Collection {
                 Outcome::Section(section) => {
                     slot.unavailable_told = false;
                     match contain(|| json.section(slot.name, section.as_ref())) {
-                        Ok(Ok(())) => continue,
+                        Ok(Ok(())) => {
+                            sections.push((slot.name, section));
+                            continue;
+                        }
                         Ok(Err(e)) => format!("encoding failed: {e}"),
                         Err(panic) => format!("encoding panicked: {panic}"),
                     }
@@ -201,6 +205,7 @@ impl Collection {
             seq: self.seq,
             timestamp,
             json: json.finish(),
+            sections: sections.into(),
         };
         self.seq += 1;
         frame

@@ -99,6 +99,7 @@ fn check_reads_the_snapctl_route_with_the_cookie() {
         "bind",
         "max-clients",
         "mqtt",
+        "http",
     ] {
         assert!(args.contains(&key), "{key} not asked for: {args:?}");
     }

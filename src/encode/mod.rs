@@ -8,6 +8,8 @@
 
 pub mod humanize;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -18,13 +20,31 @@ use crate::model::{rfc3339_millis, Section};
 pub use crate::model::Format;
 
 /// One encoded snapshot, cheap to clone: every sink shares the same bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Frame {
     /// Tick number since start, 0 for the first snapshot.
     pub seq: u64,
     pub timestamp: SystemTime,
     /// The JSON object, without a line terminator.
     pub json: Bytes,
+    /// The sections the JSON holds (source name, section), in its order, for sinks that
+    /// encode the snapshot otherwise (from [`Section::samples`]).
+    pub sections: Sections,
+}
+
+/// The sections of one snapshot, shared by every sink that gets its frame.
+pub type Sections = Arc<[(&'static str, Box<dyn Section>)]>;
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.sections.iter().map(|(name, _)| *name).collect();
+        f.debug_struct("Frame")
+            .field("seq", &self.seq)
+            .field("timestamp", &self.timestamp)
+            .field("json", &self.json)
+            .field("sections", &names)
+            .finish()
+    }
 }
 
 /// Renders snapshots as JSON objects one section at a time, so that a section which cannot
