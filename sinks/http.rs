@@ -35,7 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::sys::socket::sockopt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Sleep;
@@ -43,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::encode::{Frame, Sections};
 use crate::model::{Family, Sample};
+use crate::net;
 use crate::plugin::{Sink, SinkPlugin};
 use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
 
@@ -64,7 +65,6 @@ const MIN_HEALTHY: Duration = Duration::from_secs(1);
 /// The kernel's send buffer per connection, as for TCP subscribers: small and fixed, so a
 /// client that stops reading fills it (and is dropped) within seconds.
 const SEND_BUFFER: usize = 32 << 10;
-const BACKLOG: u32 = 4096;
 /// Pause after a failed accept (out of descriptors), instead of spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What a connection beyond the limit gets, in one non-blocking write.
@@ -123,7 +123,10 @@ inventory::submit! {
                 help: "Most HTTP connections at once; more get 503 and are closed",
             },
         ]),
-        preflight: |config| config.settings::<HttpSettings>().map(drop),
+        preflight: |config| {
+            let settings = config.settings::<HttpSettings>()?;
+            net::check_address(settings.bind).map_err(|e| format!("http.bind: {e}"))
+        },
         build: |config| {
             let config = config.clone();
             Box::pin(async move {
@@ -364,19 +367,6 @@ impl Acceptor {
             let _ = task.await;
         }
     }
-}
-
-fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listen = || {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(BACKLOG)
-    };
-    listen().with_context(|| format!("http sink: listening on {addr}"))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -793,6 +783,11 @@ fn push_value(out: &mut String, value: f64) {
         v if v == f64::NEG_INFINITY => out.push_str("-Inf"),
         v => write!(out, "{v}").expect("writing to a String cannot fail"),
     }
+}
+
+/// A listener on `addr`, the error naming it.
+fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    net::listen(addr).with_context(|| format!("http sink: listening on {addr}"))
 }
 
 #[cfg(test)]

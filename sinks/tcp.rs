@@ -24,22 +24,20 @@ use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::socket::sockopt;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::encode::Frame;
 use crate::logging::RateLimit;
+use crate::net::{self, listen};
 use crate::plugin::{Sink, SinkPlugin};
 use crate::settings::{Declared, DefaultValue, Kind, PluginConfig, Setting};
 use crate::stats;
 
 /// Lines a subscriber may have queued before it loses the oldest: its memory bound.
 const QUEUE: usize = 8;
-/// Pending connections the kernel holds, so a burst of 1000 connects needs no SYN retries
-/// (the kernel caps it at `net.core.somaxconn`).
-const BACKLOG: u32 = 4096;
 /// A subscriber whose write has not completed for this long (or [`STALL_INTERVALS`]
 /// intervals, if longer) has stopped reading and is disconnected.
 const MIN_STALL: Duration = Duration::from_secs(5);
@@ -132,25 +130,7 @@ impl Wanted {
 /// configure hook runs `--check` while the daemon holds it. A probe that fails otherwise
 /// (denied by confinement, out of descriptors) says nothing about the setting and passes.
 fn preflight(settings: &TcpSettings) -> Result<(), String> {
-    use nix::errno::Errno;
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
-    use std::net::SocketAddr;
-    use std::os::fd::AsRawFd;
-    let addr = SocketAddr::new(settings.bind, 0);
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let probe = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .and_then(|probe| bind(probe.as_raw_fd(), &SockaddrStorage::from(addr)));
-    match probe {
-        Err(Errno::EADDRNOTAVAIL) => Err(format!("bind: this host has no address {}", addr.ip())),
-        Err(Errno::EAFNOSUPPORT) => Err(format!(
-            "bind: this host has no IPv6, so no address {}",
-            addr.ip()
-        )),
-        _ => Ok(()),
-    }
+    net::check_address(settings.bind).map_err(|e| format!("bind: {e}"))
 }
 
 struct TcpSink {
@@ -311,18 +291,6 @@ async fn drain(mut subscribers: JoinSet<()>) {
     if tokio::time::timeout(CLOSE_GRACE, drained).await.is_err() {
         subscribers.shutdown().await;
     }
-}
-
-/// A listening socket with SO_REUSEADDR (a restart finds the port free despite old
-/// connections in TIME_WAIT) and a large backlog.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
 }
 
 /// The address to connect to for a listener bound to `ip` (loopback for a wildcard).

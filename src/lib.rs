@@ -15,6 +15,7 @@ pub mod hostfs;
 pub mod limits;
 pub mod logging;
 pub mod model;
+pub mod net;
 pub mod pipeline;
 pub mod plugin;
 pub mod quote;

@@ -568,6 +568,13 @@ fn check_refuses_an_address_this_host_lacks_but_not_a_port_in_use() {
     let port = held.local_addr().unwrap().port().to_string();
     let (code, stderr) = check(&["--bind", "127.0.0.1", "--port", &port], |_| {});
     assert_eq!(code, 0, "{stderr}");
+    // The http sink's address is checked the same way (src/net.rs).
+    let (code, stderr) = check(&["--sinks", "http", "--http-bind", "192.0.2.1"], |_| {});
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("http.bind: this host has no address 192.0.2.1"),
+        "{stderr}"
+    );
 }
 
 #[test]
