@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_bytes, ser_one_decimal};
 use crate::hostfs::HostFs;
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
 use crate::stats;
@@ -231,93 +231,57 @@ impl Section for AgentSection {
     }
 }
 
-const fn family(
-    name: &'static str,
-    help: &'static str,
-    kind: Kind,
-    unit: Unit,
-    labels: &'static [&'static str],
-) -> Family {
-    Family {
-        name,
-        help,
-        kind,
-        unit,
-        labels,
-        node_name: None,
-    }
-}
-
-static RSS: Family = family(
+static RSS: Family = Family::gauge(
     "agent_resident_memory_bytes",
     "The agent's resident memory (RSS).",
-    Kind::Gauge,
     Unit::Bytes,
-    &[],
 );
-static CPU: Family = family(
+static CPU: Family = Family::counter(
     "agent_cpu_seconds_total",
     "CPU time the agent has used, user plus system.",
-    Kind::Counter,
     Unit::Seconds,
-    &[],
 );
-static FDS: Family = family(
+static FDS: Family = Family::gauge(
     "agent_open_fds",
     "File descriptors the agent has open.",
-    Kind::Gauge,
     Unit::None,
-    &[],
 );
-static THREADS: Family = family(
-    "agent_threads",
-    "The agent's threads.",
-    Kind::Gauge,
-    Unit::None,
-    &[],
-);
-static SKIPPED: Family = family(
+static THREADS: Family = Family::gauge("agent_threads", "The agent's threads.", Unit::None);
+static SKIPPED: Family = Family::counter(
     "agent_ticks_skipped_total",
     "Snapshots skipped because collection ran late.",
-    Kind::Counter,
     Unit::None,
-    &[],
 );
-static COLLECTIONS: Family = family(
+static COLLECTIONS: Family = Family::counter(
     "agent_source_collections_total",
     "Calls of each source that have returned.",
-    Kind::Counter,
     Unit::None,
-    &["source"],
-);
-static COLLECT_SECONDS: Family = family(
+)
+.labels(&["source"]);
+static COLLECT_SECONDS: Family = Family::counter(
     "agent_source_collect_seconds_total",
     "Wall time spent in each source's calls.",
-    Kind::Counter,
     Unit::Seconds,
-    &["source"],
-);
-static LAST_COLLECT: Family = family(
+)
+.labels(&["source"]);
+static LAST_COLLECT: Family = Family::gauge(
     "agent_source_last_collect_seconds",
     "Wall time of each source's latest call.",
-    Kind::Gauge,
     Unit::Seconds,
-    &["source"],
-);
-static DROPPED: Family = family(
+)
+.labels(&["source"]);
+static DROPPED: Family = Family::counter(
     "agent_sink_dropped_snapshots_total",
     "Snapshots each sink did not deliver (fell behind, or its output failed).",
-    Kind::Counter,
     Unit::None,
-    &["sink"],
-);
-static SUBSCRIBERS: Family = family(
+)
+.labels(&["sink"]);
+static SUBSCRIBERS: Family = Family::gauge(
     "agent_sink_subscribers",
     "Subscribers connected to each sink that has them.",
-    Kind::Gauge,
     Unit::None,
-    &["sink"],
-);
+)
+.labels(&["sink"]);
 
 #[derive(Serialize)]
 struct SeedAgent {

@@ -391,24 +391,7 @@ impl Section for CpuSection {
     }
 }
 
-/// A gauge of this section with `labels`.
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    unit: Unit,
-    labels: &'static [&'static str],
-) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Gauge,
-        unit,
-        labels,
-        node_name: None,
-    }
-}
-
-static ONLINE: Family = gauge("cpu_online", "Online logical CPUs.", Unit::None, &[]);
+static ONLINE: Family = Family::gauge("cpu_online", "Online logical CPUs.", Unit::None);
 
 /// All CPUs together: the section holds the all-CPU line of `/proc/stat` only, so this is
 /// not node_exporter's per-CPU `node_cpu_seconds_total{cpu,mode}`.
@@ -421,39 +404,35 @@ static SECONDS: Family = Family {
     node_name: None,
 };
 
-static UTILIZATION: Family = gauge(
+static UTILIZATION: Family = Family::gauge(
     "cpu_utilization_ratio",
     "Busy share of all CPUs (not idle, not iowait) since the previous snapshot.",
     Unit::Ratio,
-    &[],
 );
 
-static UTILIZATION_BY_CPU: Family = gauge(
+static UTILIZATION_BY_CPU: Family = Family::gauge(
     "cpu_utilization_by_cpu_ratio",
     "Busy share of each online CPU (not idle, not iowait) since the previous snapshot.",
     Unit::Ratio,
-    &["cpu"],
-);
+)
+.labels(&["cpu"]);
 
-static FREQUENCY: Family = gauge(
+static FREQUENCY: Family = Family::gauge(
     "cpu_frequency_hertz",
     "Current clock, mean over the online CPUs (cpufreq, else /proc/cpuinfo).",
     Unit::Hertz,
-    &[],
 );
 
-static FREQUENCY_MAX: Family = gauge(
+static FREQUENCY_MAX: Family = Family::gauge(
     "cpu_frequency_max_hertz",
     "Highest clock the cpufreq policy allows, mean over the online CPUs.",
     Unit::Hertz,
-    &[],
 );
 
-static FREQUENCY_MIN: Family = gauge(
+static FREQUENCY_MIN: Family = Family::gauge(
     "cpu_frequency_min_hertz",
     "Lowest clock the cpufreq policy allows, mean over the online CPUs.",
     Unit::Hertz,
-    &[],
 );
 
 #[derive(Serialize)]

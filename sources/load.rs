@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 
 use crate::encode::humanize::ser_one_decimal;
 use crate::hostfs::HostFs;
-use crate::model::{rfc3339_millis, Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{rfc3339_millis, Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
 
@@ -187,70 +187,44 @@ impl Section for LoadSection {
     }
 }
 
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    unit: Unit,
-    node: Option<&'static str>,
-) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Gauge,
-        unit,
-        labels: &[],
-        node_name: node,
-    }
-}
-
-static LOAD1: Family = gauge(
+static LOAD1: Family = Family::gauge(
     "load1",
     "Load average over 1 minute: runnable and uninterruptible tasks, exponentially averaged.",
     Unit::None,
-    Some("node_load1"),
-);
-static LOAD5: Family = gauge(
-    "load5",
-    "Load average over 5 minutes.",
-    Unit::None,
-    Some("node_load5"),
-);
-static LOAD15: Family = gauge(
-    "load15",
-    "Load average over 15 minutes.",
-    Unit::None,
-    Some("node_load15"),
-);
-static RUNNING: Family = gauge(
+)
+.node("node_load1");
+static LOAD5: Family =
+    Family::gauge("load5", "Load average over 5 minutes.", Unit::None).node("node_load5");
+static LOAD15: Family =
+    Family::gauge("load15", "Load average over 15 minutes.", Unit::None).node("node_load15");
+static RUNNING: Family = Family::gauge(
     "load_procs_running",
     "Tasks running or ready to run (procs_running).",
     Unit::None,
-    Some("node_procs_running"),
-);
-static BLOCKED: Family = gauge(
+)
+.node("node_procs_running");
+static BLOCKED: Family = Family::gauge(
     "load_procs_blocked",
     "Tasks blocked waiting for I/O (procs_blocked).",
     Unit::None,
-    Some("node_procs_blocked"),
-);
-static THREADS: Family = gauge(
+)
+.node("node_procs_blocked");
+static THREADS: Family = Family::gauge(
     "load_threads",
     "Threads that exist on the host (the total of /proc/loadavg).",
     Unit::None,
-    None,
 );
-static UPTIME: Family = gauge(
+static UPTIME: Family = Family::gauge(
     "load_uptime_seconds",
     "Seconds since boot (/proc/uptime).",
     Unit::Seconds,
-    None,
 );
-static BOOT_TIME: Family = gauge(
+static BOOT_TIME: Family = Family::gauge(
     "load_boot_time_seconds",
     "Boot time, seconds since the Unix epoch (btime).",
     Unit::Seconds,
-    Some("node_boot_time_seconds"),
-);
+)
+.node("node_boot_time_seconds");
 
 #[derive(Serialize)]
 struct SeedLoad {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::encode::humanize::{ser_bytes, ser_percent};
 use crate::hostfs::KeptFile;
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
 
@@ -155,88 +155,58 @@ impl Section for MemorySection {
     }
 }
 
-/// A gauge of this section without labels.
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    unit: Unit,
-    node: Option<&'static str>,
-) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Gauge,
-        unit,
-        labels: &[],
-        node_name: node,
-    }
-}
-
-static TOTAL: Family = gauge(
-    "memory_total_bytes",
-    "Usable RAM (MemTotal).",
-    Unit::Bytes,
-    Some("node_memory_MemTotal_bytes"),
-);
-static AVAILABLE: Family = gauge(
-    "memory_available_bytes",
-    "RAM available for new work without swapping (MemAvailable, or its estimate before Linux 3.14).",
-    Unit::Bytes,
-    Some("node_memory_MemAvailable_bytes"),
-);
-static USED: Family = gauge(
+static TOTAL: Family = Family::gauge("memory_total_bytes", "Usable RAM (MemTotal).", Unit::Bytes)
+    .node("node_memory_MemTotal_bytes");
+static AVAILABLE: Family = Family::gauge("memory_available_bytes", "RAM available for new work without swapping (MemAvailable, or its estimate before Linux 3.14).", Unit::Bytes).node("node_memory_MemAvailable_bytes");
+static USED: Family = Family::gauge(
     "memory_used_bytes",
     "RAM in use: total minus available.",
     Unit::Bytes,
-    None,
 );
-static USED_RATIO: Family = gauge(
+static USED_RATIO: Family = Family::gauge(
     "memory_used_ratio",
     "Share of RAM in use: used over total.",
     Unit::Ratio,
-    None,
 );
-static FREE: Family = gauge(
+static FREE: Family = Family::gauge(
     "memory_free_bytes",
     "RAM not used for anything (MemFree).",
     Unit::Bytes,
-    Some("node_memory_MemFree_bytes"),
-);
-static BUFFERS: Family = gauge(
+)
+.node("node_memory_MemFree_bytes");
+static BUFFERS: Family = Family::gauge(
     "memory_buffers_bytes",
     "RAM in block device buffers (Buffers).",
     Unit::Bytes,
-    Some("node_memory_Buffers_bytes"),
-);
-static CACHED: Family = gauge(
+)
+.node("node_memory_Buffers_bytes");
+static CACHED: Family = Family::gauge(
     "memory_cached_bytes",
     "RAM in the page cache (Cached).",
     Unit::Bytes,
-    Some("node_memory_Cached_bytes"),
-);
-static SWAP_TOTAL: Family = gauge(
+)
+.node("node_memory_Cached_bytes");
+static SWAP_TOTAL: Family = Family::gauge(
     "memory_swap_total_bytes",
     "Swap space (SwapTotal), 0 without swap.",
     Unit::Bytes,
-    Some("node_memory_SwapTotal_bytes"),
-);
-static SWAP_FREE: Family = gauge(
+)
+.node("node_memory_SwapTotal_bytes");
+static SWAP_FREE: Family = Family::gauge(
     "memory_swap_free_bytes",
     "Unused swap space (SwapFree).",
     Unit::Bytes,
-    Some("node_memory_SwapFree_bytes"),
-);
-static SWAP_USED: Family = gauge(
+)
+.node("node_memory_SwapFree_bytes");
+static SWAP_USED: Family = Family::gauge(
     "memory_swap_used_bytes",
     "Swap space in use: total minus free.",
     Unit::Bytes,
-    None,
 );
-static SWAP_USED_RATIO: Family = gauge(
+static SWAP_USED_RATIO: Family = Family::gauge(
     "memory_swap_used_ratio",
     "Share of swap space in use, 0 without swap.",
     Unit::Ratio,
-    None,
 );
 
 #[derive(Serialize)]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::encode::humanize::ser_bytes;
 use crate::hostfs::{HostFs, KeptFile};
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
 
@@ -334,98 +334,89 @@ impl Section for NetworkSection {
     }
 }
 
-/// A per-interface counter; node_exporter's name is ours with `node_` in front.
-const fn counter(
-    name: &'static str,
-    node_name: &'static str,
-    unit: Unit,
-    help: &'static str,
-) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Counter,
-        unit,
-        labels: &["device"],
-        node_name: Some(node_name),
-    }
-}
-
 /// A family and its value in an interface's counters.
 type CounterFamily = (Family, fn(&IfCounters) -> u64);
 
 /// The counters of `/proc/net/dev` the section keeps, each with its family.
 static COUNTERS: [CounterFamily; 8] = [
     (
-        counter(
+        Family::counter(
             "network_receive_bytes_total",
-            "node_network_receive_bytes_total",
-            Unit::Bytes,
             "Bytes received by the interface.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(&["device"])
+        .node("node_network_receive_bytes_total"),
         |c| c.rx_bytes,
     ),
     (
-        counter(
+        Family::counter(
             "network_receive_packets_total",
-            "node_network_receive_packets_total",
-            Unit::None,
             "Packets received by the interface.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_receive_packets_total"),
         |c| c.rx_packets,
     ),
     (
-        counter(
+        Family::counter(
             "network_receive_errs_total",
-            "node_network_receive_errs_total",
-            Unit::None,
             "Receive errors the driver counted.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_receive_errs_total"),
         |c| c.rx_errors,
     ),
     (
-        counter(
+        Family::counter(
             "network_receive_drop_total",
-            "node_network_receive_drop_total",
-            Unit::None,
             "Received packets dropped by the interface.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_receive_drop_total"),
         |c| c.rx_dropped,
     ),
     (
-        counter(
+        Family::counter(
             "network_transmit_bytes_total",
-            "node_network_transmit_bytes_total",
-            Unit::Bytes,
             "Bytes sent by the interface.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(&["device"])
+        .node("node_network_transmit_bytes_total"),
         |c| c.tx_bytes,
     ),
     (
-        counter(
+        Family::counter(
             "network_transmit_packets_total",
-            "node_network_transmit_packets_total",
-            Unit::None,
             "Packets sent by the interface.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_transmit_packets_total"),
         |c| c.tx_packets,
     ),
     (
-        counter(
+        Family::counter(
             "network_transmit_errs_total",
-            "node_network_transmit_errs_total",
-            Unit::None,
             "Transmit errors the driver counted.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_transmit_errs_total"),
         |c| c.tx_errors,
     ),
     (
-        counter(
+        Family::counter(
             "network_transmit_drop_total",
-            "node_network_transmit_drop_total",
-            Unit::None,
             "Packets to send dropped by the interface.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_network_transmit_drop_total"),
         |c| c.tx_dropped,
     ),
 ];

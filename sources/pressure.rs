@@ -255,53 +255,48 @@ fn index(resource: &str) -> usize {
     RESOURCES.iter().position(|r| *r == resource).unwrap_or(0)
 }
 
-const fn counter(name: &'static str, help: &'static str, node: &'static str) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Counter,
-        unit: Unit::Seconds,
-        labels: &[],
-        node_name: Some(node),
-    }
-}
-
 /// Time some tasks stalled, per resource in [`RESOURCES`] order.
 static SOME: [Family; 3] = [
-    counter(
+    Family::counter(
         "pressure_cpu_waiting_seconds_total",
         "Time some runnable tasks waited for a CPU (PSI cpu some).",
-        "node_pressure_cpu_waiting_seconds_total",
-    ),
-    counter(
+        Unit::Seconds,
+    )
+    .node("node_pressure_cpu_waiting_seconds_total"),
+    Family::counter(
         "pressure_memory_waiting_seconds_total",
         "Time some tasks stalled on memory (PSI memory some).",
-        "node_pressure_memory_waiting_seconds_total",
-    ),
-    counter(
+        Unit::Seconds,
+    )
+    .node("node_pressure_memory_waiting_seconds_total"),
+    Family::counter(
         "pressure_io_waiting_seconds_total",
         "Time some tasks stalled on I/O (PSI io some).",
-        "node_pressure_io_waiting_seconds_total",
-    ),
+        Unit::Seconds,
+    )
+    .node("node_pressure_io_waiting_seconds_total"),
 ];
 
 /// Time all non-idle tasks stalled at once, per resource.
 static FULL: [Family; 3] = [
-    counter(
+    Family::counter(
         "pressure_cpu_stalled_seconds_total",
         "Time all non-idle tasks waited for a CPU at once (PSI cpu full, Linux 5.13+).",
-        "node_pressure_cpu_stalled_seconds_total",
-    ),
-    counter(
+        Unit::Seconds,
+    )
+    .node("node_pressure_cpu_stalled_seconds_total"),
+    Family::counter(
         "pressure_memory_stalled_seconds_total",
         "Time all non-idle tasks stalled on memory at once (PSI memory full).",
-        "node_pressure_memory_stalled_seconds_total",
-    ),
-    counter(
+        Unit::Seconds,
+    )
+    .node("node_pressure_memory_stalled_seconds_total"),
+    Family::counter(
         "pressure_io_stalled_seconds_total",
         "Time all non-idle tasks stalled on I/O at once (PSI io full).",
-        "node_pressure_io_stalled_seconds_total",
-    ),
+        Unit::Seconds,
+    )
+    .node("node_pressure_io_stalled_seconds_total"),
 ];
 
 static AVERAGE: Family = Family {

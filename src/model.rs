@@ -121,6 +121,40 @@ pub struct Family {
     pub node_name: Option<&'static str>,
 }
 
+impl Family {
+    /// A gauge without labels or a node_exporter name; [`labels`](Self::labels) and
+    /// [`node`](Self::node) add them, so each source declares its families in one shape.
+    pub const fn gauge(name: &'static str, help: &'static str, unit: Unit) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Gauge,
+            unit,
+            labels: &[],
+            node_name: None,
+        }
+    }
+
+    /// A counter, as [`gauge`](Self::gauge).
+    pub const fn counter(name: &'static str, help: &'static str, unit: Unit) -> Family {
+        Family {
+            kind: Kind::Counter,
+            ..Family::gauge(name, help, unit)
+        }
+    }
+
+    pub const fn labels(self, labels: &'static [&'static str]) -> Family {
+        Family { labels, ..self }
+    }
+
+    pub const fn node(self, node_name: &'static str) -> Family {
+        Family {
+            node_name: Some(node_name),
+            ..self
+        }
+    }
+}
+
 /// The most labels a family may have.
 pub const MAX_LABELS: usize = 4;
 
