@@ -6,6 +6,12 @@
 //! `/proc/stat` parser drops CPU ids, which offline CPUs make matter. They also stop
 //! parsing where the section's data ends (the long `intr` line of `/proc/stat` is never
 //! split), which keeps a collection near the cost of the reads themselves.
+//!
+//! `disk` parses `/proc/diskstats` itself too (procfs is not a dependency, and the parser is
+//! a dozen lines); `filesystem` parses mountinfo itself (escapes, overmounts) and calls
+//! `statvfs` through nix, each on a blocking thread: sysinfo's `Disks` reads `/proc/mounts`
+//! of its own namespace only and calls `statvfs` inline, where a hung mount would stall
+//! the runtime.
 
 mod cpu;
 mod disk;

@@ -365,7 +365,12 @@ fn nothing_in_snap_asks_for_snapd_control() {
     assert!(files_mentioning(&snap, "system-observe").contains(&repo("snap/snapcraft.yaml")));
 }
 
-const PLUGS: [&str; 3] = ["system-observe", "network-observe", "network-bind"];
+const PLUGS: [&str; 4] = [
+    "system-observe",
+    "network-observe",
+    "network-bind",
+    "mount-observe",
+];
 
 #[test]
 fn daemon_is_a_disabled_simple_service_that_reloads_in_place() {
