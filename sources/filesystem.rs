@@ -7,15 +7,17 @@
 //! namespace). Where `/proc/1/root` cannot be entered (not root, or a fixture tree), the
 //! mount point is looked up under the host root instead.
 //!
-//! `statvfs` can hang for as long as a network or FUSE server does not answer, so each
-//! call runs on a blocking thread of its own, under a deadline shorter than the tick's. A
-//! mount whose call misses it is reported as stale; while that call is out the mount is not
-//! asked again (no pile of stuck threads), and every other mount is still reported.
+//! `statvfs` can hang for as long as a network or FUSE server does not answer, so the calls
+//! run on blocking threads, under a deadline shorter than the tick's. A mount whose call
+//! misses it is reported as stale; while that call is out the mount is not asked again (no
+//! pile of stuck threads), and every other mount is still reported.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -200,7 +202,45 @@ fn share(part: u64, whole: u64) -> f64 {
     }
 }
 
-type Call = JoinHandle<nix::Result<Statvfs>>;
+/// Each mount's `statvfs` answer this tick, by position, filled in as the calls return.
+type Answers = Arc<Mutex<Vec<Option<nix::Result<Figures>>>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A blocking thread measuring some mounts in turn.
+struct Measuring {
+    handle: JoinHandle<()>,
+    /// The position of the mount being measured (or last measured).
+    current: Arc<AtomicUsize>,
+    /// Set to make it stop before its next mount.
+    stop: Arc<AtomicBool>,
+}
+
+impl Measuring {
+    fn start(paths: &Arc<Vec<PathBuf>>, which: Vec<usize>, answers: &Answers) -> Measuring {
+        let current = Arc::new(AtomicUsize::new(usize::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (paths, answers) = (Arc::clone(paths), Arc::clone(answers));
+        let (at, stopped) = (Arc::clone(&current), Arc::clone(&stop));
+        let handle = tokio::task::spawn_blocking(move || {
+            for i in which {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                at.store(i, Ordering::SeqCst);
+                let answer = statvfs(&paths[i]).map(|s| Figures::of(&s));
+                lock(&answers)[i] = Some(answer);
+            }
+        });
+        Measuring {
+            handle,
+            current,
+            stop,
+        }
+    }
+}
 
 struct Filesystem {
     host: HostFs,
@@ -210,7 +250,7 @@ struct Filesystem {
     /// source (half the interval, at most 1 s), so the section itself is never late.
     deadline: Duration,
     /// Calls that missed their deadline, by mount point, until they return.
-    stuck: HashMap<String, Call>,
+    stuck: HashMap<String, JoinHandle<()>>,
     /// Whether the hint for a denied mount table has been logged: once per run is enough.
     denied_logged: bool,
 }
@@ -260,33 +300,65 @@ impl Source for Filesystem {
             .collect();
         self.stuck.retain(|_, call| !call.is_finished());
         let base = self.base();
-        // Every call starts before any is awaited: one that hangs costs the others nothing.
-        let calls: Vec<Option<Call>> = (mounts.iter())
-            .map(|m| {
-                if self.stuck.contains_key(&m.mount_point) {
-                    return None;
+        let paths: Arc<Vec<PathBuf>> = Arc::new(
+            (mounts.iter())
+                .map(|m| base.join(m.mount_point.trim_start_matches('/')))
+                .collect(),
+        );
+        let todo: Vec<usize> = (0..mounts.len())
+            .filter(|&i| !self.stuck.contains_key(&mounts[i].mount_point))
+            .collect();
+        let answers: Answers = Arc::new(Mutex::new(mounts.iter().map(|_| None).collect()));
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.deadline;
+        // One thread measures every mount in turn: one hand-off per tick, where a thread per
+        // mount cost 3x the statvfs calls themselves (benches/collect). If it has not
+        // finished by half the deadline, the mount it is on stays with it, and each mount
+        // not yet answered gets a thread of its own for the rest: a hung mount delays the
+        // others by half the deadline once, and hides none of them.
+        let mut batch = Measuring::start(&paths, todo.clone(), &answers);
+        let half = start + self.deadline / 2;
+        if tokio::time::timeout_at(half, &mut batch.handle)
+            .await
+            .is_err()
+        {
+            batch.stop.store(true, Ordering::SeqCst);
+            let current = batch.current.load(Ordering::SeqCst);
+            let pending: Vec<usize> = {
+                let answered = lock(&answers);
+                (todo.iter().copied())
+                    .filter(|&i| i != current && answered[i].is_none())
+                    .collect()
+            };
+            let singles: Vec<(usize, Measuring)> = (pending.into_iter())
+                .map(|i| (i, Measuring::start(&paths, vec![i], &answers)))
+                .collect();
+            for (i, mut single) in singles {
+                if tokio::time::timeout_at(deadline, &mut single.handle)
+                    .await
+                    .is_err()
+                {
+                    self.stuck
+                        .insert(mounts[i].mount_point.clone(), single.handle);
                 }
-                let path = base.join(m.mount_point.trim_start_matches('/'));
-                Some(tokio::task::spawn_blocking(move || statvfs(&path)))
+            }
+            if !batch.handle.is_finished() && lock(&answers)[current].is_none() {
+                self.stuck
+                    .insert(mounts[current].mount_point.clone(), batch.handle);
+            }
+        }
+        let mut answered = lock(&answers);
+        let shown = (mounts.into_iter().enumerate())
+            .map(|(i, mount)| {
+                let usage = match answered[i].take() {
+                    Some(Ok(figures)) => Usage::Known(figures),
+                    Some(Err(errno)) => Usage::Failed(errno.desc().to_string()),
+                    // Not answered in time, or an earlier call is still out.
+                    None => Usage::Stale,
+                };
+                (mount, usage)
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + self.deadline;
-        let mut shown = Vec::with_capacity(mounts.len());
-        for (mount, call) in mounts.into_iter().zip(calls) {
-            let usage = match call {
-                None => Usage::Stale,
-                Some(mut call) => match tokio::time::timeout_at(deadline, &mut call).await {
-                    Ok(Ok(Ok(stats))) => Usage::Known(Figures::of(&stats)),
-                    Ok(Ok(Err(errno))) => Usage::Failed(errno.desc().to_string()),
-                    Ok(Err(join)) => Usage::Failed(join.to_string()),
-                    Err(_) => {
-                        self.stuck.insert(mount.mount_point.clone(), call);
-                        Usage::Stale
-                    }
-                },
-            };
-            shown.push((mount, usage));
-        }
         Ok(Box::new(FsSection { mounts: shown }))
     }
 }
