@@ -311,8 +311,9 @@ impl Source for Filesystem {
         let answers: Answers = Arc::new(Mutex::new(mounts.iter().map(|_| None).collect()));
         let start = tokio::time::Instant::now();
         let deadline = start + self.deadline;
-        // One thread measures every mount in turn: one hand-off per tick, where a thread per
-        // mount cost 3x the statvfs calls themselves (benches/collect). If it has not
+        // One thread measures every mount in turn: one hand-off per tick. A thread per mount
+        // cost 57 µs of CPU a collection here against 49 µs (2 mounts; the floor, reading
+        // mountinfo and calling statvfs inline, 18 µs: benches/collect). If it has not
         // finished by half the deadline, the mount it is on stays with it, and each mount
         // not yet answered gets a thread of its own for the rest: a hung mount delays the
         // others by half the deadline once, and hides none of them.
