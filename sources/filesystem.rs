@@ -50,13 +50,13 @@ inventory::submit! {
         on_by_default: None,
         settings: Declared::typed::<FsSettings>(&[
             Setting {
-                key: "filesystem.exclude-types",
+                key: "filesystem.skip-types",
                 kind: SettingKind::Text,
                 default: DefaultValue::Text(DEFAULT_EXCLUDE_TYPES),
                 help: "Filesystem types left out: comma-separated globs (* ? [a-z]); empty keeps all",
             },
             Setting {
-                key: "filesystem.exclude-mount-points",
+                key: "filesystem.skip-mounts",
                 kind: SettingKind::Text,
                 default: DefaultValue::Text(DEFAULT_EXCLUDE_MOUNT_POINTS),
                 help: "Mount points left out: comma-separated globs (* ? [a-z]); empty keeps all",
@@ -72,8 +72,8 @@ inventory::submit! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FsSettings {
-    exclude_types: String,
-    exclude_mount_points: String,
+    skip_types: String,
+    skip_mounts: String,
 }
 
 /// One line of a mountinfo file, the fields this section shows.
@@ -294,8 +294,8 @@ impl Source for Filesystem {
         let mounts: Vec<Mount> = parse_mountinfo(&self.buf)
             .into_iter()
             .filter(|m| {
-                !matches_any(&self.settings.exclude_types, &m.fs_type)
-                    && !matches_any(&self.settings.exclude_mount_points, &m.mount_point)
+                !matches_any(&self.settings.skip_types, &m.fs_type)
+                    && !matches_any(&self.settings.skip_mounts, &m.mount_point)
             })
             .collect();
         self.stuck.retain(|_, call| !call.is_finished());
@@ -605,8 +605,8 @@ mod tests {
 
     fn defaults() -> FsSettings {
         FsSettings {
-            exclude_types: DEFAULT_EXCLUDE_TYPES.into(),
-            exclude_mount_points: DEFAULT_EXCLUDE_MOUNT_POINTS.into(),
+            skip_types: DEFAULT_EXCLUDE_TYPES.into(),
+            skip_mounts: DEFAULT_EXCLUDE_MOUNT_POINTS.into(),
         }
     }
 

@@ -341,9 +341,9 @@ fn under_host_root_disk_and_filesystem_read_the_tree() {
             "fs",
             "--host-root",
             &root,
-            "--filesystem-exclude-types",
+            "--filesystem-skip-types",
             "",
-            "--filesystem-exclude-mount-points",
+            "--filesystem-skip-mounts",
             "/mnt/*",
         ],
     );
