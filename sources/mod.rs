@@ -28,7 +28,8 @@ pub use network::{parse_net_dev, IfCounters};
 /// Whether `name` matches one of the comma-separated shell-style `patterns` (`*`, `?`,
 /// `[a-z]`, `[!0-9]`), as the `disk` and `filesystem` exclusion settings take them. Globs and
 /// not regular expressions: node_exporter's default filters translate to a handful of
-/// globs, and the regex crate would add about 1 MiB to a 1.5 MiB binary for that.
+/// globs, and the regex crate (features std and perf) added 711 KiB to the 2.2 MiB release
+/// binary when measured here.
 pub fn matches_any(patterns: &str, name: &str) -> bool {
     (patterns.split(','))
         .map(str::trim)
