@@ -519,3 +519,52 @@ fn hung_mount_soak() {
     let n = std::env::var("POCKETSES_SOAK_SNAPSHOTS").map_or(1500, |n| n.parse().unwrap());
     hung_mount_run(n);
 }
+
+#[test]
+fn a_denied_read_names_the_interface_to_connect_once() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        common::skip("needs root to run the agent as another user");
+        return;
+    }
+    // As a confined snap without its interfaces sees them: the files are there, and denied.
+    let scratch = common::Scratch::new();
+    std::fs::create_dir_all(scratch.path("proc/1")).unwrap();
+    for file in ["proc/diskstats", "proc/1/mountinfo"] {
+        std::fs::write(scratch.path(file), "").unwrap();
+        std::fs::set_permissions(scratch.path(file), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+    }
+    let root = scratch.dir().to_str().unwrap();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_pocketses"))
+        .args([
+            "--no-snap",
+            "--sinks",
+            "stdout",
+            "--sources",
+            "disk,fs",
+            "--interval",
+            "0.05",
+        ])
+        .args(["--host-root", root])
+        .env("RUST_LOG", "info");
+    let agent = Agent::spawn(&mut command);
+    for _ in 0..10 {
+        let s = agent.snapshot_where("a snapshot", |s| s.get("timestamp").is_some());
+        assert!(
+            s.get("disk").is_none() && s.get("filesystem").is_none(),
+            "{s}"
+        );
+    }
+    let log = agent.stderr.snapshot();
+    for hint in [
+        "connect pocketses:system-observe",
+        "connect pocketses:mount-observe",
+    ] {
+        let times = log.iter().filter(|l| l.contains(hint)).count();
+        assert_eq!(times, 1, "{hint}: {log:#?}");
+    }
+}
