@@ -37,10 +37,13 @@ screenshot:
 # Ten minutes at 100 snapshots/s with subscriber churn, a flooder, a stalled reader and
 # rotation; prints RSS and open descriptors over time. SOAK_SECONDS=60 for a short run.
 # Then 16 starts with 3000 subscribers that never read, each checked for a snapshot and a
-# clean SIGTERM (CROWD_RUNS, CROWD to change; fails if a run hangs).
+# clean SIGTERM (CROWD_RUNS, CROWD to change; fails if a run hangs). Then ten minutes with a
+# mount whose statvfs never answers (needs root; POCKETSES_SOAK_SNAPSHOTS for another count):
+# snapshots on schedule, threads and descriptors flat. `cargo test` runs a short version.
 soak:
 	cargo bench --bench soak
 	cargo bench --bench crowd
+	cargo test --test sources hung_mount_soak -- --ignored
 
 # Coverage-guided fuzzing of setting values, the snap document and snapd's answers, each
 # target for FUZZ_SECONDS on one core; see fuzz/README.md. Needs `cargo install cargo-fuzz`;

@@ -220,7 +220,7 @@ fn list_describes_every_plugin_with_its_settings_and_defaults() {
         let lines: Vec<&str> = stdout.lines().collect();
         let at = (lines
             .iter()
-            .position(|l| l.trim_start().starts_with(plugin)))
+            .position(|l| l.split_whitespace().next() == Some(plugin)))
         .unwrap_or_else(|| panic!("{plugin} not in {stdout}"));
         (lines[at + 1..].iter())
             .take_while(|l| l.starts_with("    "))

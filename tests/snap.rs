@@ -365,12 +365,13 @@ fn nothing_in_snap_asks_for_snapd_control() {
     assert!(files_mentioning(&snap, "system-observe").contains(&repo("snap/snapcraft.yaml")));
 }
 
-const PLUGS: [&str; 5] = [
+const PLUGS: [&str; 6] = [
     "system-observe",
     "network-observe",
     "network-bind",
     "network",
     "hardware-observe",
+    "mount-observe",
 ];
 
 #[test]
