@@ -27,6 +27,7 @@ bench:
 	cargo bench --bench tick
 	cargo bench --bench publisher
 	cargo bench --bench http
+	cargo bench --bench mqtt
 
 # The http sink's live page in headless Chromium, as docs/screenshot.png (the page test of
 # tests/http.rs, which also checks what the page shows).
