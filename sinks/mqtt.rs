@@ -374,6 +374,26 @@ const SENSORS: &[Sensor] = &[
         seed: None,
         raw: Some("{% set ns = namespace(sum=0) %}{% for name, i in value_json.network.interfaces.items() if name != 'lo' %}{% set ns.sum = ns.sum + (i.tx_bytes_per_second | default(0)) %}{% endfor %}{{ ns.sum | round(0) }}"),
     },
+    Sensor {
+        source: "load",
+        object: "load1",
+        name: "Load (1 min)",
+        unit: "",
+        device_class: None,
+        icon: "mdi:gauge",
+        seed: Some("{{ value_json.load.average['1min'] }}"),
+        raw: Some("{{ value_json.load.load1 }}"),
+    },
+    Sensor {
+        source: "filesystem",
+        object: "root_used",
+        name: "Root filesystem used",
+        unit: "%",
+        device_class: None,
+        icon: "mdi:harddisk",
+        seed: Some("{{ value_json.filesystem['/'].used | replace('%', '') | float }}"),
+        raw: Some("{{ value_json.filesystem['/'].used_percent | round(1) }}"),
+    },
 ];
 
 /// `<node>`: the client id with only what discovery topics and ids allow.
@@ -418,7 +438,6 @@ fn discovery(settings: &Settings, format: Format, sources: &[&str]) -> Vec<(Stri
                 "availability_topic": format!("{topic}/status"),
                 "payload_available": "online",
                 "payload_not_available": "offline",
-                "unit_of_measurement": s.unit,
                 "state_class": "measurement",
                 "icon": s.icon,
                 "device": device,
@@ -426,6 +445,10 @@ fn discovery(settings: &Settings, format: Format, sources: &[&str]) -> Vec<(Stri
             });
             if let Some(class) = s.device_class {
                 config["device_class"] = class.into();
+            }
+            // A load average has no unit; Home Assistant wants the key left out then.
+            if !s.unit.is_empty() {
+                config["unit_of_measurement"] = s.unit.into();
             }
             let topic = format!("{DISCOVERY_PREFIX}/sensor/{node}/{}/config", s.object);
             Some((topic, Bytes::from(config.to_string())))

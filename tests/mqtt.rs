@@ -660,14 +660,19 @@ fn discovery_configs_are_valid_unique_and_their_templates_read_the_published_sna
     };
     let mut unique_ids = Vec::new();
     for (format, objects) in [
-        ("seed", &["cpu", "memory_used", "swap_used"][..]),
+        (
+            "seed",
+            &["cpu", "load1", "memory_used", "root_used", "swap_used"][..],
+        ),
         (
             "raw",
             &[
                 "cpu",
+                "load1",
                 "memory_used",
                 "network_receive",
                 "network_transmit",
+                "root_used",
                 "swap_used",
             ],
         ),
@@ -679,6 +684,8 @@ fn discovery_configs_are_valid_unique_and_their_templates_read_the_published_sna
             &[
                 "--format",
                 format,
+                "--sources",
+                "cpu,memory,network,load,filesystem",
                 "--interval",
                 "0.2",
                 "--mqtt-discovery",
@@ -716,7 +723,13 @@ fn discovery_configs_are_valid_unique_and_their_templates_read_the_published_sna
                 format!("pocketses-test/{name}/status")
             );
             assert!(config["device"]["identifiers"][0].is_string(), "{config}");
-            assert!(config["unit_of_measurement"].is_string(), "{config}");
+            // A unit where the value has one; a load average has none, and no key then.
+            let unitless = topic.contains("/load1/");
+            assert_eq!(
+                config["unit_of_measurement"].is_string(),
+                !unitless,
+                "{config}"
+            );
             unique_ids.push(config["unique_id"].as_str().unwrap().to_string());
             templates.push(config["value_template"].as_str().unwrap().to_string());
         }
@@ -733,12 +746,29 @@ fn discovery_configs_are_valid_unique_and_their_templates_read_the_published_sna
                 "{topic} renders {value:?}"
             );
         }
+        // Each template reads the very figure the snapshot shows.
+        let rendered = |object: &str| -> f64 {
+            let i = objects.iter().position(|o| *o == object).unwrap();
+            values[i].parse().unwrap()
+        };
+        let percent = |v: &Value| -> f64 {
+            v.as_str().map_or_else(
+                || v.as_f64().unwrap(),
+                |s| s.trim_end_matches('%').parse().unwrap(),
+            )
+        };
         if format == "seed" {
-            let used = snapshot["memory"]["virtual"]["used"].as_str().unwrap();
+            let used = &snapshot["memory"]["virtual"]["used"];
+            assert_eq!(rendered("memory_used"), percent(used));
+            assert_eq!(rendered("load1"), snapshot["load"]["average"]["1min"]);
             assert_eq!(
-                values[1].parse::<f64>().unwrap(),
-                used.trim_end_matches('%').parse::<f64>().unwrap()
+                rendered("root_used"),
+                percent(&snapshot["filesystem"]["/"]["used"])
             );
+        } else {
+            assert_eq!(rendered("load1"), snapshot["load"]["load1"]);
+            let root = percent(&snapshot["filesystem"]["/"]["used_percent"]);
+            assert!((rendered("root_used") - root).abs() <= 0.05, "{root}");
         }
     }
     let count = unique_ids.len();
