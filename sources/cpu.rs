@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::encode::humanize::{one_decimal, ser_one_decimal};
 use crate::hostfs::{HostFs, KeptFile};
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::Declared;
 
@@ -302,6 +302,7 @@ impl Source for Cpu {
             frequency: self.frequency.read(&ids, Instant::now()),
             ids,
             ticks: now.all,
+            per_cpu_ticks: now.per_cpu.clone(),
             span,
             hz: self.ticks_per_second,
         };
@@ -319,6 +320,8 @@ pub struct CpuSection {
     ids: Vec<u32>,
     /// Cumulative clock ticks (USER_HZ) per mode, all CPUs; `hz` turns them into seconds.
     ticks: CpuTimes,
+    /// The same per online CPU, by id: node_exporter's `node_cpu_seconds_total{cpu,mode}`.
+    per_cpu_ticks: Vec<(u32, CpuTimes)>,
     /// Ticks per mode since the previous snapshot, all CPUs.
     span: CpuTimes,
     hz: f64,
@@ -368,8 +371,11 @@ impl Section for CpuSection {
     fn samples<'a>(&'a self, out: &mut Vec<Sample<'a>>) {
         out.push(Sample::new(&ONLINE, [], self.count as f64));
         // Scaled as raw's seconds_total is, so that the two agree to the last bit.
-        for (mode, seconds) in ModeValues::scaled(&self.ticks, 1.0 / self.hz).0 {
-            out.push(Sample::new(&SECONDS, [Cow::Borrowed(mode)], seconds));
+        for (id, ticks) in &self.per_cpu_ticks {
+            for (mode, seconds) in ModeValues::scaled(ticks, 1.0 / self.hz).0 {
+                let cpu = Cow::Owned(id.to_string());
+                out.push(Sample::new(&SECONDS, [cpu, Cow::Borrowed(mode)], seconds));
+            }
         }
         // raw's utilization_percent over 100, so that the two outputs agree.
         let busy = self.span.busy() as f64 * self.span.percent_factor() / 100.0;
@@ -393,16 +399,15 @@ impl Section for CpuSection {
 
 static ONLINE: Family = Family::gauge("cpu_online", "Online logical CPUs.", Unit::None);
 
-/// All CPUs together: the section holds the all-CPU line of `/proc/stat` only, so this is
-/// not node_exporter's per-CPU `node_cpu_seconds_total{cpu,mode}`.
-static SECONDS: Family = Family {
-    name: "cpu_seconds_total",
-    help: "Time all CPUs together spent in each mode (guest time is within user and nice).",
-    kind: Kind::Counter,
-    unit: Unit::Seconds,
-    labels: &["mode"],
-    node_name: None,
-};
+/// Per CPU and mode, as node_exporter's `node_cpu_seconds_total{cpu,mode}`, so its
+/// dashboards work; the all-CPU figure is their sum.
+static SECONDS: Family = Family::counter(
+    "cpu_seconds_total",
+    "Time each CPU spent in each mode (guest time is within user and nice).",
+    Unit::Seconds,
+)
+.labels(&["cpu", "mode"])
+.node("node_cpu_seconds_total");
 
 static UTILIZATION: Family = Family::gauge(
     "cpu_utilization_ratio",
@@ -761,6 +766,7 @@ mod tests {
             per_cpu_percent,
             frequency: Frequency::default(),
             ticks: CpuTimes::default(),
+            per_cpu_ticks: Vec::new(),
             span: CpuTimes::default(),
             hz: 100.0,
         }
