@@ -198,8 +198,10 @@ fn families_and_series(text: &str) -> (Vec<String>, Vec<String>) {
 #[test]
 fn metrics_pass_promtool_in_both_name_modes_without_duplicate_series() {
     let Some(_) = tool("promtool") else { return };
+    // Every source, so that every family this host can give is checked and documented.
+    let sources = "cpu,memory,network,load,pressure,host,temperature,agent,disk,filesystem";
     for (names, allowed) in [("pocketses", None), ("node", Some("camelCase"))] {
-        let (_agent, addr) = agent("0.2", &["--http-names", names]);
+        let (_agent, addr) = agent("0.2", &["--http-names", names, "--sources", sources]);
         let text = metrics(addr);
         let (passed, findings) = promtool(&text);
         match allowed {
