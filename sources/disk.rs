@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{increase, matches_any};
 use crate::encode::humanize::{ser_bytes, ser_percent};
 use crate::hostfs::HostFs;
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::{Declared, DefaultValue, Kind as SettingKind, Setting};
 
@@ -275,135 +275,113 @@ struct RawDevice<'a> {
     rates: Option<&'a Rates>,
 }
 
-/// A per-device family; node_exporter's name is ours with `node_` in front.
-const fn family(
-    name: &'static str,
-    node_name: &'static str,
-    kind: Kind,
-    unit: Unit,
-    help: &'static str,
-) -> Family {
-    Family {
-        name,
-        help,
-        kind,
-        unit,
-        labels: &["device"],
-        node_name: Some(node_name),
-    }
-}
-
 type DiskFamily = (Family, fn(&DiskCounters) -> f64);
 
 static FAMILIES: [DiskFamily; 11] = [
     (
-        family(
+        Family::counter(
             "disk_reads_completed_total",
-            "node_disk_reads_completed_total",
-            Kind::Counter,
-            Unit::None,
             "Reads completed by the device.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_disk_reads_completed_total"),
         |c| c.reads as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_reads_merged_total",
-            "node_disk_reads_merged_total",
-            Kind::Counter,
-            Unit::None,
             "Adjacent reads merged into one.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_disk_reads_merged_total"),
         |c| c.reads_merged as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_read_bytes_total",
-            "node_disk_read_bytes_total",
-            Kind::Counter,
-            Unit::Bytes,
             "Bytes read from the device.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(&["device"])
+        .node("node_disk_read_bytes_total"),
         |c| (c.sectors_read * SECTOR) as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_read_time_seconds_total",
-            "node_disk_read_time_seconds_total",
-            Kind::Counter,
-            Unit::Seconds,
             "Time spent on reads, summed over requests.",
-        ),
+            Unit::Seconds,
+        )
+        .labels(&["device"])
+        .node("node_disk_read_time_seconds_total"),
         |c| c.read_ms as f64 / 1000.0,
     ),
     (
-        family(
+        Family::counter(
             "disk_writes_completed_total",
-            "node_disk_writes_completed_total",
-            Kind::Counter,
-            Unit::None,
             "Writes completed by the device.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_disk_writes_completed_total"),
         |c| c.writes as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_writes_merged_total",
-            "node_disk_writes_merged_total",
-            Kind::Counter,
-            Unit::None,
             "Adjacent writes merged into one.",
-        ),
+            Unit::None,
+        )
+        .labels(&["device"])
+        .node("node_disk_writes_merged_total"),
         |c| c.writes_merged as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_written_bytes_total",
-            "node_disk_written_bytes_total",
-            Kind::Counter,
-            Unit::Bytes,
             "Bytes written to the device.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(&["device"])
+        .node("node_disk_written_bytes_total"),
         |c| (c.sectors_written * SECTOR) as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_write_time_seconds_total",
-            "node_disk_write_time_seconds_total",
-            Kind::Counter,
-            Unit::Seconds,
             "Time spent on writes, summed over requests.",
-        ),
+            Unit::Seconds,
+        )
+        .labels(&["device"])
+        .node("node_disk_write_time_seconds_total"),
         |c| c.write_ms as f64 / 1000.0,
     ),
     (
-        family(
-            "disk_io_now",
-            "node_disk_io_now",
-            Kind::Gauge,
-            Unit::None,
-            "I/O requests in flight.",
-        ),
+        Family::gauge("disk_io_now", "I/O requests in flight.", Unit::None)
+            .labels(&["device"])
+            .node("node_disk_io_now"),
         |c| c.in_progress as f64,
     ),
     (
-        family(
+        Family::counter(
             "disk_io_time_seconds_total",
-            "node_disk_io_time_seconds_total",
-            Kind::Counter,
-            Unit::Seconds,
             "Time with I/O in flight.",
-        ),
+            Unit::Seconds,
+        )
+        .labels(&["device"])
+        .node("node_disk_io_time_seconds_total"),
         |c| c.io_ms as f64 / 1000.0,
     ),
     (
-        family(
+        Family::counter(
             "disk_io_time_weighted_seconds_total",
-            "node_disk_io_time_weighted_seconds_total",
-            Kind::Counter,
-            Unit::Seconds,
             "Time with I/O in flight, weighted by the requests in flight.",
-        ),
+            Unit::Seconds,
+        )
+        .labels(&["device"])
+        .node("node_disk_io_time_weighted_seconds_total"),
         |c| c.weighted_io_ms as f64 / 1000.0,
     ),
 ];

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::matches_any;
 use crate::encode::humanize::{ser_bytes, ser_percent};
 use crate::hostfs::HostFs;
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
 use crate::settings::{Declared, DefaultValue, Kind as SettingKind, Setting};
 
@@ -514,86 +514,61 @@ struct RawUsage {
 
 const LABELS: &[&str] = &["device", "fstype", "mountpoint"];
 
-/// A per-mount gauge; node_exporter's name is ours with `node_` in front.
-const fn gauge(
-    name: &'static str,
-    node_name: &'static str,
-    unit: Unit,
-    help: &'static str,
-) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Gauge,
-        unit,
-        labels: LABELS,
-        node_name: Some(node_name),
-    }
-}
-
 type SizeFamily = (Family, fn(&Figures) -> u64);
 
 static SIZES: [SizeFamily; 5] = [
     (
-        gauge(
-            "filesystem_size_bytes",
-            "node_filesystem_size_bytes",
-            Unit::Bytes,
-            "Filesystem size.",
-        ),
+        Family::gauge("filesystem_size_bytes", "Filesystem size.", Unit::Bytes)
+            .labels(LABELS)
+            .node("node_filesystem_size_bytes"),
         |f| f.size,
     ),
     (
-        gauge(
+        Family::gauge(
             "filesystem_free_bytes",
-            "node_filesystem_free_bytes",
-            Unit::Bytes,
             "Free space, including what is reserved for root.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(LABELS)
+        .node("node_filesystem_free_bytes"),
         |f| f.free,
     ),
     (
-        gauge(
+        Family::gauge(
             "filesystem_avail_bytes",
-            "node_filesystem_avail_bytes",
-            Unit::Bytes,
             "Space available to unprivileged users.",
-        ),
+            Unit::Bytes,
+        )
+        .labels(LABELS)
+        .node("node_filesystem_avail_bytes"),
         |f| f.available,
     ),
     (
-        gauge(
-            "filesystem_files",
-            "node_filesystem_files",
-            Unit::None,
-            "Inodes in the filesystem.",
-        ),
+        Family::gauge("filesystem_files", "Inodes in the filesystem.", Unit::None)
+            .labels(LABELS)
+            .node("node_filesystem_files"),
         |f| f.inodes,
     ),
     (
-        gauge(
-            "filesystem_files_free",
-            "node_filesystem_files_free",
-            Unit::None,
-            "Free inodes.",
-        ),
+        Family::gauge("filesystem_files_free", "Free inodes.", Unit::None)
+            .labels(LABELS)
+            .node("node_filesystem_files_free"),
         |f| f.inodes_free,
     ),
 ];
 
-static READONLY: Family = gauge(
-    "filesystem_readonly",
-    "node_filesystem_readonly",
-    Unit::None,
-    "1 if mounted read-only.",
-);
+static READONLY: Family =
+    Family::gauge("filesystem_readonly", "1 if mounted read-only.", Unit::None)
+        .labels(LABELS)
+        .node("node_filesystem_readonly");
 
-static DEVICE_ERROR: Family = gauge(
+static DEVICE_ERROR: Family = Family::gauge(
     "filesystem_device_error",
-    "node_filesystem_device_error",
-    Unit::None,
     "1 if statvfs failed or did not answer in time this snapshot.",
-);
+    Unit::None,
+)
+.labels(LABELS)
+.node("node_filesystem_device_error");
 
 #[cfg(test)]
 mod tests {

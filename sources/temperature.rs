@@ -21,7 +21,7 @@ use tracing::warn;
 use crate::encode::humanize::one_decimal;
 use crate::hostfs::HostFs;
 use crate::logging::RateLimit;
-use crate::model::{Family, Format, Kind, Sample, Section, Unit};
+use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin, Unavailable};
 use crate::settings::Declared;
 
@@ -339,31 +339,24 @@ impl Section for TemperatureSection {
 
 const LABELS: &[&str] = &["device", "chip", "sensor", "label"];
 
-static CURRENT: Family = Family {
-    name: "temperature_celsius",
-    help: "Temperature of each sensor.",
-    kind: Kind::Gauge,
-    unit: Unit::Celsius,
-    labels: LABELS,
-    node_name: None,
-};
-static HIGH: Family = Family {
-    name: "temperature_high_celsius",
-    help: "High threshold of each sensor that gives one (hwmon max, or a high trip point).",
-    kind: Kind::Gauge,
-    unit: Unit::Celsius,
-    labels: LABELS,
-    node_name: None,
-};
-static CRITICAL: Family = Family {
-    name: "temperature_critical_celsius",
-    help:
-        "Critical threshold of each sensor that gives one (hwmon crit, or a critical trip point).",
-    kind: Kind::Gauge,
-    unit: Unit::Celsius,
-    labels: LABELS,
-    node_name: None,
-};
+static CURRENT: Family = Family::gauge(
+    "temperature_celsius",
+    "Temperature of each sensor.",
+    Unit::Celsius,
+)
+.labels(LABELS);
+static HIGH: Family = Family::gauge(
+    "temperature_high_celsius",
+    "High threshold of each sensor that gives one (hwmon max, or a high trip point).",
+    Unit::Celsius,
+)
+.labels(LABELS);
+static CRITICAL: Family = Family::gauge(
+    "temperature_critical_celsius",
+    "Critical threshold of each sensor that gives one (hwmon crit, or a critical trip point).",
+    Unit::Celsius,
+)
+.labels(LABELS);
 
 /// psutil's `shwtemp(label, current, high, critical)` with the chip it is listed under.
 #[derive(Serialize)]
