@@ -259,13 +259,7 @@ fn a_fifo_swapped_in_for_the_file_costs_only_the_file_sink() {
     }
     agent.wait_log("is a FIFO, not a regular file");
     Subscriber::connect(agent.address()).snapshot();
-    let asked = std::time::Instant::now();
-    agent.signal(Signal::SIGTERM);
-    let status = agent.wait_exit();
-    let took = asked.elapsed();
-    eprintln!("exited {took:?} after SIGTERM");
-    assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    agent.stop_within_a_second();
 }
 
 #[test]
@@ -327,12 +321,7 @@ fn sigterm_stops_the_agent_while_nobody_reads_its_stdout() {
     for _ in 0..200 {
         sub.snapshot();
     }
-    agent.signal(Signal::SIGTERM);
-    let asked = Instant::now();
-    assert_eq!(agent.wait_exit().code(), Some(0));
-    let took = asked.elapsed();
-    println!("exited {took:?} after SIGTERM");
-    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    agent.stop_within_a_second();
 }
 
 #[test]
@@ -566,12 +555,7 @@ fn a_fifo_under_host_root_costs_only_memory_and_sigterm_still_stops_the_agent() 
         line.contains("memory") && line.contains("not a regular file"),
         "{line}"
     );
-    let asked = Instant::now();
-    agent.signal(Signal::SIGTERM);
-    assert_eq!(agent.wait_exit().code(), Some(0));
-    let took = asked.elapsed();
-    eprintln!("exit {took:?} after SIGTERM");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    agent.stop_within_a_second();
 }
 
 #[test]
@@ -609,10 +593,5 @@ fn a_source_stuck_past_the_deadline_is_left_out_and_never_called_twice_at_once()
     // Right after a call blocked: the blocking thread does not hold the exit back.
     agent.snapshot_where("test-slow's answer", |s| s.get("test-slow").is_some());
     agent.snapshot_where("the next snapshot", |_| true);
-    let asked = Instant::now();
-    agent.signal(Signal::SIGTERM);
-    assert_eq!(agent.wait_exit().code(), Some(0));
-    let took = asked.elapsed();
-    eprintln!("exit {took:?} after SIGTERM, a call blocked");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    agent.stop_within_a_second();
 }

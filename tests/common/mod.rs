@@ -311,6 +311,19 @@ impl Agent {
         wait_for("the agent to exit", || self.child.try_wait().unwrap())
     }
 
+    /// Sends SIGTERM and waits for the exit, which must be 0 and come within a second, as
+    /// the agent promises whatever a sink or source is stuck on; returns how long it took.
+    pub fn stop_within_a_second(&mut self) -> Duration {
+        let asked = Instant::now();
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait_exit();
+        let took = asked.elapsed();
+        eprintln!("exited {took:?} after SIGTERM");
+        assert_eq!(status.code(), Some(0));
+        assert!(took < Duration::from_secs(1), "exit took {took:?}");
+        took
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
