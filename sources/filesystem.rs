@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::matches_any;
-use crate::encode::humanize::{ser_bytes, ser_percent};
+use crate::encode::humanize::SeedUsage;
 use crate::hostfs::HostFs;
 use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
@@ -475,16 +475,6 @@ struct SeedMount<'a> {
     error: Option<&'a str>,
     #[serde(flatten)]
     usage: Option<SeedUsage>,
-}
-
-#[derive(Serialize)]
-struct SeedUsage {
-    #[serde(serialize_with = "ser_bytes")]
-    total: u64,
-    #[serde(serialize_with = "ser_percent")]
-    used: f64,
-    #[serde(serialize_with = "ser_bytes")]
-    available: u64,
 }
 
 #[derive(Serialize)]

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::encode::humanize::{ser_bytes, ser_percent};
+use crate::encode::humanize::SeedUsage;
 use crate::hostfs::KeptFile;
 use crate::model::{Family, Format, Sample, Section, Unit};
 use crate::plugin::{Source, SourcePlugin};
@@ -213,16 +213,6 @@ static SWAP_USED_RATIO: Family = Family::gauge(
 struct SeedMemory {
     r#virtual: SeedUsage,
     swap: SeedUsage,
-}
-
-#[derive(Serialize)]
-struct SeedUsage {
-    #[serde(serialize_with = "ser_bytes")]
-    total: u64,
-    #[serde(serialize_with = "ser_percent")]
-    used: f64,
-    #[serde(serialize_with = "ser_bytes")]
-    available: u64,
 }
 
 #[derive(Serialize)]

@@ -37,6 +37,18 @@ pub fn one_decimal(x: f64) -> f64 {
     format!("{x:.1}").parse().unwrap_or(x)
 }
 
+/// How `seed` shows a capacity (memory, swap, a filesystem): humanized total and available
+/// bytes, and the share used as a percent string, as the original tool did.
+#[derive(serde::Serialize)]
+pub struct SeedUsage {
+    #[serde(serialize_with = "ser_bytes")]
+    pub total: u64,
+    #[serde(serialize_with = "ser_percent")]
+    pub used: f64,
+    #[serde(serialize_with = "ser_bytes")]
+    pub available: u64,
+}
+
 /// `serialize_with` adapter for [`bytes`].
 pub fn ser_bytes<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&bytes(*n))
