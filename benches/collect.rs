@@ -52,19 +52,12 @@ fn floor() -> Duration {
 }
 
 fn collection(sources: &[&'static str], format: Format) -> Duration {
-    let mut config = Config::default();
-    config
-        .set("sources", &sources.join(","), Origin::Flag)
-        .unwrap();
-    config
-        .set("format", &format.to_string(), Origin::Flag)
-        .unwrap();
-    config.set("interval", "1", Origin::Flag).unwrap();
-    let mut c = Collection::new(&config).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let format = format.to_string();
+    let (mut c, runtime) = collection_of(&[
+        ("sources", &sources.join(",")),
+        ("format", &format),
+        ("interval", "1"),
+    ]);
     per_call(|| {
         std::hint::black_box(runtime.block_on(c.collect()));
     })
@@ -199,19 +192,11 @@ mod issue11 {
     );
 
     fn alone(source: &'static str, host_root: &str) -> Duration {
-        let mut config = Config::default();
-        for (key, value) in [
+        let (mut c, runtime) = collection_of(&[
             ("sources", source),
             ("interval", "1"),
             ("host-root", host_root),
-        ] {
-            config.set(key, value, Origin::Flag).unwrap();
-        }
-        let mut c = Collection::new(&config).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        ]);
         // The process's clock: temperature reads on a blocking thread.
         per_call_on(ClockId::CLOCK_PROCESS_CPUTIME_ID, || {
             std::hint::black_box(runtime.block_on(c.collect()));
@@ -320,15 +305,8 @@ fn read_file(buf: &mut String, path: &str) {
 
 /// One source collected and encoded (raw), on `clock`.
 fn source_in(clock: ClockId, source: &str) -> Duration {
-    let mut config = Config::default();
-    config.set("sources", source, Origin::Flag).unwrap();
-    config.set("format", "raw", Origin::Flag).unwrap();
-    config.set("interval", "1", Origin::Flag).unwrap();
-    let mut c = Collection::new(&config).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (mut c, runtime) =
+        collection_of(&[("sources", source), ("format", "raw"), ("interval", "1")]);
     per_call_on(clock, || {
         std::hint::black_box(runtime.block_on(c.collect()));
     })
@@ -336,14 +314,7 @@ fn source_in(clock: ClockId, source: &str) -> Duration {
 
 /// The mount points the filesystem source keeps here, as its last snapshot lists them.
 fn kept_mounts() -> Vec<String> {
-    let mut config = Config::default();
-    config.set("sources", "filesystem", Origin::Flag).unwrap();
-    config.set("format", "raw", Origin::Flag).unwrap();
-    let mut c = Collection::new(&config).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (mut c, runtime) = collection_of(&[("sources", "filesystem"), ("format", "raw")]);
     let frame = runtime.block_on(c.collect());
     let snapshot: serde_json::Value = serde_json::from_slice(frame.json.as_ref()).unwrap();
     snapshot["filesystem"]
@@ -352,4 +323,17 @@ fn kept_mounts() -> Vec<String> {
         .keys()
         .cloned()
         .collect()
+}
+
+/// A collection with these settings on top of the defaults, and a runtime to collect on.
+fn collection_of(settings: &[(&str, &str)]) -> (Collection, tokio::runtime::Runtime) {
+    let mut config = Config::default();
+    for (key, value) in settings {
+        config.set(key, value, Origin::Flag).unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (Collection::new(&config).unwrap(), runtime)
 }
